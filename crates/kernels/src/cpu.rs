@@ -1,0 +1,459 @@
+//! Raw f32 CPU kernels: im2col / col2im around one large GEMM per chunk of images.
+//!
+//! Everything here works on contiguous NCHW slices and one [`ConvGeom`], which describes a
+//! convolution *in the direction of `conv2d`*: a "big" grid `(c_big, h_big, w_big)` is convolved
+//! down to a "small" grid `(c_small, h_small, w_small)` by a weight stored as
+//! `(c_small, c_big, kh, kw)`. Both weight layouts of the public API are exactly that:
+//! `conv2d` weights are `(c_out, c_in, kh, kw)` (big = input), `conv_transpose2d` weights are
+//! `(c_in, c_out, kh, kw)` (big = output). Hence three kernels cover both ops and their backward:
+//!
+//! | kernel            | conv2d            | conv_transpose2d   |
+//! |-------------------|-------------------|--------------------|
+//! | [`small_from_big`] | forward           | input gradient     |
+//! | [`big_from_small`] | input gradient    | forward            |
+//! | [`weight_grad`]    | weight gradient   | weight gradient    |
+//!
+//! Why this layout: at the channel counts of Table 9 (1 to 128 channels, 1x1 to 28x28 grids) a
+//! per-image GEMM is tiny (`N = h * w` as small as 1), so the batch is folded into the GEMM's `N`
+//! dimension: a chunk of `nb` images gives `cols: (c_big * kh * kw, nb * h_small * w_small)`.
+//! Chunks are sized to keep `cols` cache-resident (about [`COLS_BUDGET`] floats) and are processed
+//! in parallel with rayon (one single-threaded GEMM each); when there are fewer chunks than threads
+//! (tiny batches), the GEMM itself is parallel instead.
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Target size of one chunk's `cols` buffer, in f32 elements (4 MiB). Large enough that the GEMM's
+/// `N` is in the thousands, small enough that im2col's output is still in cache when the GEMM
+/// reads it.
+pub(crate) const COLS_BUDGET: usize = 1 << 20;
+
+/// Geometry of one convolution, seen in the `conv2d` direction (big grid -> small grid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    /// Batch size.
+    pub n: usize,
+    /// Channels of the big grid (conv2d input, conv_transpose2d output).
+    pub c_big: usize,
+    /// Height of the big grid.
+    pub h_big: usize,
+    /// Width of the big grid.
+    pub w_big: usize,
+    /// Channels of the small grid (conv2d output, conv_transpose2d input).
+    pub c_small: usize,
+    /// Height of the small grid.
+    pub h_small: usize,
+    /// Width of the small grid.
+    pub w_small: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (both directions).
+    pub stride: usize,
+    /// Zero padding of the big grid (both directions, both sides).
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    /// Every dimension except the batch is at least one (the public API checks this), so chunk
+    /// lengths are never zero.
+    pub fn is_nonempty(&self) -> bool {
+        self.c_big * self.h_big * self.w_big * self.c_small * self.h_small * self.w_small
+            * self.kh
+            * self.kw
+            * self.stride
+            > 0
+    }
+    /// Elements of one image of the big grid.
+    pub fn big_len(&self) -> usize {
+        self.c_big * self.h_big * self.w_big
+    }
+    /// Elements of one image of the small grid.
+    pub fn small_len(&self) -> usize {
+        self.c_small * self.h_small * self.w_small
+    }
+    /// Pixels of one small-grid plane (the per-image GEMM `N`).
+    pub fn p_small(&self) -> usize {
+        self.h_small * self.w_small
+    }
+    /// Rows of `cols` (the GEMM's reduction length for conv2d): `c_big * kh * kw`.
+    pub fn k_cols(&self) -> usize {
+        self.c_big * self.kh * self.kw
+    }
+    /// Multiply-adds of one forward pass over the whole batch, times two (FLOPs).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.n as f64 * self.c_small as f64 * self.p_small() as f64 * self.k_cols() as f64
+    }
+
+    /// Images per chunk: `cols` within [`COLS_BUDGET`], and at least one chunk per thread when
+    /// the batch allows it.
+    fn chunk_images(&self, threads: usize) -> usize {
+        let per_image = (self.k_cols() * self.p_small()).max(self.small_len()).max(1);
+        let by_mem = (COLS_BUDGET / per_image).max(1);
+        let by_threads = self.n.div_ceil(threads.max(1)).max(1);
+        by_mem.min(by_threads).min(self.n.max(1))
+    }
+}
+
+/// A buffer whose every element the caller promises to overwrite. In debug builds (tests) it is
+/// poisoned with NaN so that an element a kernel forgets to write fails the tests; in release it
+/// is zeroed (same cost, lazily mapped pages for large buffers).
+pub(crate) fn out_buffer(len: usize) -> Vec<f32> {
+    if cfg!(debug_assertions) {
+        vec![f32::NAN; len]
+    } else {
+        vec![0.0; len]
+    }
+}
+
+/// Range `lo..hi` of small-grid positions `o` whose big-grid position `o * stride + tap - pad`
+/// lies inside `0..big_len`.
+#[inline]
+fn valid_range(small_len: usize, big_len: usize, stride: usize, pad: usize, tap: usize) -> (usize, usize) {
+    let lo = if pad > tap { (pad - tap).div_ceil(stride) } else { 0 };
+    let hi = if big_len + pad > tap { (big_len + pad - tap).div_ceil(stride) } else { 0 };
+    let hi = hi.min(small_len);
+    (lo.min(hi), hi)
+}
+
+/// im2col of `nb` big-grid images into `cols: (c_big * kh * kw, nb * p_small)`, row-major.
+fn im2col(g: &ConvGeom, big: &[f32], nb: usize, cols: &mut [f32]) {
+    let p = g.p_small();
+    let n_cols = nb * p;
+    let plane = g.h_big * g.w_big;
+    for c in 0..g.c_big {
+        for i in 0..g.kh {
+            let (oh_lo, oh_hi) = valid_range(g.h_small, g.h_big, g.stride, g.pad, i);
+            for j in 0..g.kw {
+                let (ow_lo, ow_hi) = valid_range(g.w_small, g.w_big, g.stride, g.pad, j);
+                let r = (c * g.kh + i) * g.kw + j;
+                let row = &mut cols[r * n_cols..(r + 1) * n_cols];
+                for b in 0..nb {
+                    let src = &big[(b * g.c_big + c) * plane..(b * g.c_big + c + 1) * plane];
+                    let dst = &mut row[b * p..(b + 1) * p];
+                    dst[..oh_lo * g.w_small].fill(0.0);
+                    dst[oh_hi * g.w_small..].fill(0.0);
+                    for oh in oh_lo..oh_hi {
+                        let ih = oh * g.stride + i - g.pad;
+                        let d = &mut dst[oh * g.w_small..(oh + 1) * g.w_small];
+                        d[..ow_lo].fill(0.0);
+                        d[ow_hi..].fill(0.0);
+                        if ow_hi > ow_lo {
+                            let s_row = &src[ih * g.w_big..(ih + 1) * g.w_big];
+                            let iw0 = ow_lo * g.stride + j - g.pad;
+                            if g.stride == 1 {
+                                d[ow_lo..ow_hi].copy_from_slice(&s_row[iw0..iw0 + (ow_hi - ow_lo)]);
+                            } else {
+                                for (k, v) in d[ow_lo..ow_hi].iter_mut().enumerate() {
+                                    *v = s_row[iw0 + k * g.stride];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// col2im: scatter-add `cols: (c_big * kh * kw, nb * p_small)` into `nb` big-grid images, each
+/// plane first set to its bias (or zero). Every element of `big` is written.
+fn col2im(g: &ConvGeom, cols: &[f32], nb: usize, big: &mut [f32], bias: Option<&[f32]>) {
+    let p = g.p_small();
+    let n_cols = nb * p;
+    let plane = g.h_big * g.w_big;
+    for b in 0..nb {
+        for c in 0..g.c_big {
+            let dst = &mut big[(b * g.c_big + c) * plane..(b * g.c_big + c + 1) * plane];
+            dst.fill(bias.map_or(0.0, |bs| bs[c]));
+            for i in 0..g.kh {
+                let (oh_lo, oh_hi) = valid_range(g.h_small, g.h_big, g.stride, g.pad, i);
+                for j in 0..g.kw {
+                    let (ow_lo, ow_hi) = valid_range(g.w_small, g.w_big, g.stride, g.pad, j);
+                    if ow_hi <= ow_lo {
+                        continue;
+                    }
+                    let r = (c * g.kh + i) * g.kw + j;
+                    let src = &cols[r * n_cols + b * p..r * n_cols + (b + 1) * p];
+                    for oh in oh_lo..oh_hi {
+                        let ih = oh * g.stride + i - g.pad;
+                        let s = &src[oh * g.w_small + ow_lo..oh * g.w_small + ow_hi];
+                        let iw0 = ow_lo * g.stride + j - g.pad;
+                        let d_row = &mut dst[ih * g.w_big..(ih + 1) * g.w_big];
+                        if g.stride == 1 {
+                            for (d, v) in d_row[iw0..iw0 + s.len()].iter_mut().zip(s) {
+                                *d += *v;
+                            }
+                        } else {
+                            for (k, v) in s.iter().enumerate() {
+                                d_row[iw0 + k * g.stride] += *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst: (m, n) = lhs · rhs` (overwritten), all row-major with the given row strides; `lhs_t` /
+/// `rhs_t` read the stored matrix transposed.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst[..m * n].fill(0.0);
+        return;
+    }
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // (cs, rs): column and row strides of each operand as the GEMM reads it.
+    let (lhs_cs, lhs_rs) = if lhs_t { (m as isize, 1) } else { (1, k as isize) };
+    let (rhs_cs, rhs_rs) = if rhs_t { (k as isize, 1) } else { (1, n as isize) };
+    // SAFETY: the asserts above bound every index the strides can reach: lhs is m*k, rhs is
+    // k*n and dst is m*n elements, each laid out densely (row-major or its transpose).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Splits the batch into chunks and says how each GEMM should be parallelised.
+fn plan(g: &ConvGeom) -> (usize, Parallelism) {
+    let threads = rayon::current_num_threads();
+    let chunk = g.chunk_images(threads);
+    let n_chunks = g.n.div_ceil(chunk.max(1));
+    if n_chunks >= threads || threads == 1 {
+        (chunk, Parallelism::None)
+    } else {
+        (chunk, Parallelism::Rayon(threads))
+    }
+}
+
+/// `conv2d` forward in our geometry: `small = W · im2col(big) + bias`, with `w: (c_small, c_big,
+/// kh, kw)`, `big: (n, c_big, h_big, w_big)`, result `(n, c_small, h_small, w_small)`.
+pub(crate) fn small_from_big(g: &ConvGeom, big: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    debug_assert!(g.is_nonempty());
+    let mut out = out_buffer(g.n * g.small_len());
+    if g.n == 0 {
+        return out;
+    }
+    let (chunk, par) = plan(g);
+    let p = g.p_small();
+    let k = g.k_cols();
+    let run = |(big_c, out_c): (&[f32], &mut [f32])| {
+        let nb = out_c.len() / g.small_len();
+        let n_cols = nb * p;
+        let mut cols = vec![0.0f32; k * n_cols];
+        im2col(g, big_c, nb, &mut cols);
+        let mut tmp = vec![0.0f32; g.c_small * n_cols];
+        sgemm(g.c_small, n_cols, k, &mut tmp, w, false, &cols, false, par);
+        // (c_small, nb * p) -> (nb, c_small, p), adding the bias.
+        for b in 0..nb {
+            for c in 0..g.c_small {
+                let src = &tmp[c * n_cols + b * p..c * n_cols + (b + 1) * p];
+                let dst = &mut out_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p];
+                match bias {
+                    Some(bs) => {
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d = *s + bs[c];
+                        }
+                    }
+                    None => dst.copy_from_slice(src),
+                }
+            }
+        }
+    };
+    let big_chunk = chunk * g.big_len();
+    let out_chunk = chunk * g.small_len();
+    if matches!(par, Parallelism::None) {
+        big.par_chunks(big_chunk)
+            .zip(out.par_chunks_mut(out_chunk))
+            .for_each(run);
+    } else {
+        big.chunks(big_chunk).zip(out.chunks_mut(out_chunk)).for_each(run);
+    }
+    out
+}
+
+/// `conv_transpose2d` forward in our geometry: `big = col2im(Wᵀ · small) + bias`, with `w:
+/// (c_small, c_big, kh, kw)`, `small: (n, c_small, h_small, w_small)`, result `(n, c_big, h_big,
+/// w_big)`.
+pub(crate) fn big_from_small(g: &ConvGeom, small: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    debug_assert!(g.is_nonempty());
+    let mut out = out_buffer(g.n * g.big_len());
+    if g.n == 0 {
+        return out;
+    }
+    let (chunk, par) = plan(g);
+    let p = g.p_small();
+    let k = g.k_cols();
+    let run = |(small_c, out_c): (&[f32], &mut [f32])| {
+        let nb = out_c.len() / g.big_len();
+        let n_cols = nb * p;
+        // (nb, c_small, p) -> (c_small, nb * p): the batch joins the GEMM's N.
+        let mut xs = vec![0.0f32; g.c_small * n_cols];
+        for b in 0..nb {
+            for c in 0..g.c_small {
+                xs[c * n_cols + b * p..c * n_cols + (b + 1) * p]
+                    .copy_from_slice(&small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p]);
+            }
+        }
+        let mut cols = vec![0.0f32; k * n_cols];
+        sgemm(k, n_cols, g.c_small, &mut cols, w, true, &xs, false, par);
+        col2im(g, &cols, nb, out_c, bias);
+    };
+    let small_chunk = chunk * g.small_len();
+    let out_chunk = chunk * g.big_len();
+    if matches!(par, Parallelism::None) {
+        small
+            .par_chunks(small_chunk)
+            .zip(out.par_chunks_mut(out_chunk))
+            .for_each(run);
+    } else {
+        small.chunks(small_chunk).zip(out.chunks_mut(out_chunk)).for_each(run);
+    }
+    out
+}
+
+/// Weight gradient shared by both ops: `gw: (c_small, c_big, kh, kw) = Σ_b small_b ·
+/// im2col(big_b)ᵀ`. For conv2d `big = x`, `small = dL/dy`; for conv_transpose2d `big = dL/dy`,
+/// `small = x`.
+pub(crate) fn weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> {
+    debug_assert!(g.is_nonempty());
+    let k = g.k_cols();
+    let len = g.c_small * k;
+    if g.n == 0 {
+        return vec![0.0; len];
+    }
+    let (chunk, par) = plan(g);
+    let p = g.p_small();
+    let run = |(big_c, small_c): (&[f32], &[f32])| -> Vec<f32> {
+        let nb = small_c.len() / g.small_len();
+        let n_cols = nb * p;
+        let mut cols = vec![0.0f32; k * n_cols];
+        im2col(g, big_c, nb, &mut cols);
+        let mut ys = vec![0.0f32; g.c_small * n_cols];
+        for b in 0..nb {
+            for c in 0..g.c_small {
+                ys[c * n_cols + b * p..c * n_cols + (b + 1) * p]
+                    .copy_from_slice(&small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p]);
+            }
+        }
+        let mut gw = out_buffer(len);
+        sgemm(g.c_small, k, n_cols, &mut gw, &ys, false, &cols, true, par);
+        gw
+    };
+    let add = |mut a: Vec<f32>, b: Vec<f32>| {
+        for (x, y) in a.iter_mut().zip(&b) {
+            *x += *y;
+        }
+        a
+    };
+    let big_chunk = chunk * g.big_len();
+    let small_chunk = chunk * g.small_len();
+    let partial: Option<Vec<f32>> = if matches!(par, Parallelism::None) {
+        big.par_chunks(big_chunk)
+            .zip(small.par_chunks(small_chunk))
+            .map(run)
+            .reduce_with(add)
+    } else {
+        big.chunks(big_chunk).zip(small.chunks(small_chunk)).map(run).reduce(add)
+    };
+    partial.unwrap_or_else(|| vec![0.0; len])
+}
+
+/// Bias gradient: per-channel sum of `dy: (n, c, p)` over batch and pixels, accumulated in f64.
+pub(crate) fn channel_sum(dy: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut acc = 0.0f64;
+            for b in 0..n {
+                let s = &dy[(b * c + ch) * p..(b * c + ch + 1) * p];
+                acc += s.iter().map(|&v| v as f64).sum::<f64>();
+            }
+            acc as f32
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_range_matches_brute_force() {
+        for small in 0..6 {
+            for big in 1..9 {
+                for stride in 1..4 {
+                    for pad in 0..3 {
+                        for tap in 0..5 {
+                            let (lo, hi) = valid_range(small, big, stride, pad, tap);
+                            let want: Vec<usize> = (0..small)
+                                .filter(|&o| {
+                                    let pos = (o * stride + tap) as isize - pad as isize;
+                                    pos >= 0 && (pos as usize) < big
+                                })
+                                .collect();
+                            let got: Vec<usize> = (lo..hi).collect();
+                            assert_eq!(got, want, "small {small} big {big} s {stride} p {pad} t {tap}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_respect_budget_and_threads() {
+        let g = ConvGeom {
+            n: 1000,
+            c_big: 32,
+            h_big: 11,
+            w_big: 11,
+            c_small: 32,
+            h_small: 4,
+            w_small: 4,
+            kh: 5,
+            kw: 5,
+            stride: 2,
+            pad: 0,
+        };
+        let c = g.chunk_images(2);
+        assert!(c >= 1 && c * g.k_cols() * g.p_small() <= COLS_BUDGET);
+        let g1 = ConvGeom { n: 3, ..g };
+        assert_eq!(g1.chunk_images(2), 2);
+        assert_eq!(g1.chunk_images(1), 3);
+    }
+}

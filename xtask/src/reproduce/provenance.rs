@@ -1,0 +1,178 @@
+//! Where a result came from: commit, preset, seeds, device, hardware and wall time per stage.
+//! Every file under `results/` carries one of these, so a number can always be traced to the run
+//! that produced it.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// The machine a run used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hardware {
+    /// CPU model name from `/proc/cpuinfo`, or "unknown".
+    pub cpu: String,
+    /// Logical cores available to the process.
+    pub cores: usize,
+    /// Total memory in GiB, from `/proc/meminfo`.
+    pub memory_gib: f64,
+    /// Operating system and architecture.
+    pub os: String,
+}
+
+impl Hardware {
+    /// Reads the current machine's description.
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_gib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / (1024.0 * 1024.0))
+            .unwrap_or(0.0);
+        Self {
+            cpu,
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            memory_gib: (memory_gib * 10.0).round() / 10.0,
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+}
+
+/// The git revision of the working tree, with `-dirty` when it has uncommitted changes.
+pub fn git_revision(repo: &Path) -> String {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(repo)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "HEAD"]) {
+        Some(rev) => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .map(|s| !s.is_empty())
+                .unwrap_or(false);
+            if dirty {
+                format!("{rev}-dirty")
+            } else {
+                rev
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_time() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Wall time of one named stage of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stage {
+    /// e.g. "train CNN", "attack E-ABS pgd-linf".
+    pub name: String,
+    /// Wall-clock seconds spent in this invocation (a resumed stage adds its new time).
+    pub seconds: f64,
+}
+
+/// The provenance block written beside every result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Provenance {
+    /// `git rev-parse HEAD` of the code that produced the numbers.
+    pub commit: String,
+    /// Preset name: smoke, quick or paper.
+    pub preset: String,
+    /// Master seed.
+    pub seed: u64,
+    /// Device the numerics ran on.
+    pub device: String,
+    /// Machine description.
+    pub hardware: Hardware,
+    /// Unix time at which the run (or its latest resumption) started.
+    pub started_unix: u64,
+    /// Unix time at which it finished.
+    pub finished_unix: u64,
+    /// Wall time per stage.
+    pub stages: Vec<Stage>,
+    /// The command line that produced the result.
+    pub command: String,
+}
+
+/// Collects stage timings during a run.
+pub struct Timer {
+    stages: Vec<Stage>,
+}
+
+impl Timer {
+    /// An empty timer.
+    pub fn new() -> Self {
+        Self { stages: Vec::new() }
+    }
+
+    /// Runs `f` as stage `name` and records its wall time.
+    pub fn stage<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t0 = Instant::now();
+        let out = f().with_context(|| format!("stage '{name}'"))?;
+        self.stages.push(Stage { name: name.into(), seconds: t0.elapsed().as_secs_f64() });
+        Ok(out)
+    }
+
+    /// The recorded stages.
+    pub fn into_stages(self) -> Vec<Stage> {
+        self.stages
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("eabs-prov-{}", std::process::id()));
+        let path = dir.join("r.json");
+        write_atomic(&path, b"first, longer content")?;
+        write_atomic(&path, b"second")?;
+        assert_eq!(std::fs::read_to_string(&path)?, "second");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn hardware_is_described() {
+        let hw = Hardware::detect();
+        assert!(hw.cores >= 1);
+        assert!(!hw.os.is_empty());
+    }
+}
