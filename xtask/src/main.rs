@@ -1,1 +1,54 @@
-fn main() {}
+//! `cargo xtask`: the workspace's runner. `main` only parses flags and dispatches; each task
+//! lives in its own module (rust-analyzer's xtask layout).
+//!
+//! The alias in `.cargo/config.toml` builds this binary in release mode, because the numeric
+//! tasks need optimised code.
+
+mod data;
+mod fetch;
+mod paper;
+mod reproduce;
+
+use clap::{Parser, Subcommand};
+
+/// The E-ABS workspace runner.
+#[derive(Parser)]
+#[command(name = "xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect datasets and build SuperTraffic-10.
+    Data {
+        #[command(subcommand)]
+        command: data::DataCommand,
+    },
+    /// Download a dataset from its official URLs, resuming and checksum-verifying.
+    Fetch(fetch::FetchArgs),
+    /// Reproduce a table of the paper end to end: train, attack, compare, write results/.
+    Reproduce(reproduce::ReproduceArgs),
+    /// Check that a results directory of `reproduce` is complete and self-consistent.
+    VerifyResults {
+        /// e.g. results/table2/smoke
+        dir: std::path::PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Data { command } => data::run(command),
+        Command::Fetch(args) => fetch::run(&args),
+        Command::Reproduce(args) => reproduce::run(&args),
+        Command::VerifyResults { dir } => reproduce::verify::run(&dir),
+    }
+}

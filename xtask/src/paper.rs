@@ -108,11 +108,13 @@ pub const TABLES: [PaperTable; 4] = [
 ];
 
 /// Column order of Table 5 (the ablation study on SVHN).
+#[allow(dead_code)] // for `reproduce table5`, not implemented yet
 pub const ABLATIONS: [&str; 8] = [
     "ABS", "A-ABS", "D-ABS", "V-ABS", "AD-ABS", "AV-ABS", "DV-ABS", "E-ABS",
 ];
 
 /// Table 5: rows clean, PGD-Linf (8/255), PGD-L2 (1.5); columns as [`ABLATIONS`].
+#[allow(dead_code)] // for `reproduce table5`, not implemented yet
 pub const TABLE5: [[f64; 8]; 3] = [
     [45.8, 23.7, 44.9, 44.1, 30.8, 60.1, 65.7, 89.2],
     [6.6, 6.4, 8.4, 2.5, 2.3, 11.0, 18.9, 57.0],
@@ -147,7 +149,13 @@ mod tests {
                     .map(|row| t.accuracy[row][col])
                     .collect();
                 assert!(t.accuracy[4][col] <= linf_rows.iter().copied().fold(f64::MAX, f64::min));
-                assert!(t.accuracy[10][col] <= t.accuracy[5..10].iter().map(|r| r[col]).fold(f64::MAX, f64::min));
+                assert!(
+                    t.accuracy[10][col]
+                        <= t.accuracy[5..10]
+                            .iter()
+                            .map(|r| r[col])
+                            .fold(f64::MAX, f64::min)
+                );
             }
         }
         assert_eq!(TABLE5[1][7], 57.0);

@@ -33,7 +33,13 @@ pub trait FixedEpsilonAttack<M: Classifier + ?Sized>: Attack {
 pub trait MinimizationAttack<M: Classifier + ?Sized>: Attack {
     /// Returns perturbed inputs (same shape as `xs`) within the bounds. `early_stop` is a
     /// distance below which the attack may stop refining a sample (an optimisation only).
-    fn run(&self, model: &M, xs: &Tensor, criterion: &Criterion, early_stop: Option<f64>) -> Result<Tensor>;
+    fn run(
+        &self,
+        model: &M,
+        xs: &Tensor,
+        criterion: &Criterion,
+        early_stop: Option<f64>,
+    ) -> Result<Tensor>;
 }
 
 /// Result of an attack at one epsilon.
@@ -69,7 +75,11 @@ impl Outcome {
 
 /// Checks `xs` against the model and criterion: batch dims, label count and range, bounds, and
 /// the shape of the model's logits on `xs` (returned).
-pub fn validate_inputs<M: Classifier + ?Sized>(model: &M, xs: &Tensor, criterion: &Criterion) -> Result<Tensor> {
+pub fn validate_inputs<M: Classifier + ?Sized>(
+    model: &M,
+    xs: &Tensor,
+    criterion: &Criterion,
+) -> Result<Tensor> {
     if xs.rank() < 2 {
         return Err(Error::Shape {
             argument: "xs",
@@ -79,25 +89,47 @@ pub fn validate_inputs<M: Classifier + ?Sized>(model: &M, xs: &Tensor, criterion
     }
     let batch = xs.dim(0)?;
     if criterion.len() != batch {
-        return Err(Error::LabelCount { expected: batch, found: criterion.len() });
+        return Err(Error::LabelCount {
+            expected: batch,
+            found: criterion.len(),
+        });
     }
     let n_classes = model.n_classes();
-    if let Some((index, &label)) = criterion.classes().iter().enumerate().find(|(_, &c)| c as usize >= n_classes) {
-        return Err(Error::LabelOutOfRange { index, label, n_classes });
+    if let Some((index, &label)) = criterion
+        .classes()
+        .iter()
+        .enumerate()
+        .find(|(_, &c)| c as usize >= n_classes)
+    {
+        return Err(Error::LabelOutOfRange {
+            index,
+            label,
+            n_classes,
+        });
     }
     check_bounds(model, xs, "xs")?;
     checked_logits(model, xs)
 }
 
 /// Errors unless every value of `xs` lies within the model bounds (tolerance 1e-6 of the width).
-pub fn check_bounds<M: Classifier + ?Sized>(model: &M, xs: &Tensor, argument: &'static str) -> Result<()> {
+pub fn check_bounds<M: Classifier + ?Sized>(
+    model: &M,
+    xs: &Tensor,
+    argument: &'static str,
+) -> Result<()> {
     let b = model.bounds();
     let flat = xs.flatten_all()?.to_dtype(candle_core::DType::F64)?;
     let lo = flat.min(0)?.to_scalar::<f64>()?;
     let hi = flat.max(0)?.to_scalar::<f64>()?;
     let tol = 1e-6 * b.width();
     if !(lo >= b.min - tol && hi <= b.max + tol) {
-        return Err(Error::OutOfBounds { argument, found_min: lo, found_max: hi, min: b.min, max: b.max });
+        return Err(Error::OutOfBounds {
+            argument,
+            found_min: lo,
+            found_max: hi,
+            min: b.min,
+            max: b.max,
+        });
     }
     Ok(())
 }
@@ -109,7 +141,11 @@ pub fn validate_epsilons(epsilons: &[f64], allow_infinite: bool) -> Result<()> {
     }
     for (index, &value) in epsilons.iter().enumerate() {
         if value.is_nan() || value < 0.0 {
-            return Err(Error::InvalidEpsilon { index, value, extra: "" });
+            return Err(Error::InvalidEpsilon {
+                index,
+                value,
+                extra: "",
+            });
         }
         if value.is_infinite() && !allow_infinite {
             return Err(Error::InvalidEpsilon {
@@ -155,7 +191,13 @@ fn score<M: Classifier + ?Sized>(
     let clipped = clip_to_ball(model, norm, xs, &raw, epsilon)?;
     let success = criterion.is_adversarial(model, &clipped)?;
     let distances = norm.distances(&clipped, xs)?;
-    Ok(Outcome { epsilon, raw, clipped, success, distances })
+    Ok(Outcome {
+        epsilon,
+        raw,
+        clipped,
+        success,
+        distances,
+    })
 }
 
 /// Runs a fixed-epsilon attack once per epsilon (Foolbox's `FixedEpsilonAttack.__call__`).
@@ -209,7 +251,10 @@ where
 /// the success flag of attack `a` on sample `i` (all for the same norm and epsilon).
 pub fn robust_to_all(successes: &[&[bool]]) -> Result<Vec<bool>> {
     let Some(first) = successes.first() else {
-        return Err(Error::InvalidConfig { attack: "ALL", message: "no attack results given".into() });
+        return Err(Error::InvalidConfig {
+            attack: "ALL",
+            message: "no attack results given".into(),
+        });
     };
     let n = first.len();
     let mut robust = vec![true; n];
@@ -217,7 +262,10 @@ pub fn robust_to_all(successes: &[&[bool]]) -> Result<Vec<bool>> {
         if s.len() != n {
             return Err(Error::InvalidConfig {
                 attack: "ALL",
-                message: format!("attack result {a} has {} samples, expected {n} like result 0", s.len()),
+                message: format!(
+                    "attack result {a} has {} samples, expected {n} like result 0",
+                    s.len()
+                ),
             });
         }
         for (r, &hit) in robust.iter_mut().zip(s.iter()) {
@@ -231,5 +279,9 @@ pub fn robust_to_all(successes: &[&[bool]]) -> Result<Vec<bool>> {
 pub fn robust_accuracy_all(outcomes: &[&Outcome]) -> Result<f64> {
     let s: Vec<&[bool]> = outcomes.iter().map(|o| o.success.as_slice()).collect();
     let r = robust_to_all(&s)?;
-    Ok(if r.is_empty() { 0.0 } else { r.iter().filter(|&&v| v).count() as f64 / r.len() as f64 })
+    Ok(if r.is_empty() {
+        0.0
+    } else {
+        r.iter().filter(|&&v| v).count() as f64 / r.len() as f64
+    })
 }

@@ -40,7 +40,9 @@ pub enum Error {
         found: usize,
     },
     /// A label or target is not a valid class index.
-    #[error("label/target {label} at index {index} is out of range: the model has {n_classes} classes")]
+    #[error(
+        "label/target {label} at index {index} is out of range: the model has {n_classes} classes"
+    )]
     LabelOutOfRange {
         /// Sample index.
         index: usize,
@@ -50,7 +52,9 @@ pub enum Error {
         n_classes: usize,
     },
     /// The model returned logits of the wrong shape.
-    #[error("model logits have shape {found:?}, expected ({batch}, {n_classes}) for a batch of {batch}")]
+    #[error(
+        "model logits have shape {found:?}, expected ({batch}, {n_classes}) for a batch of {batch}"
+    )]
     LogitsShape {
         /// Shape found.
         found: Vec<usize>,
@@ -94,7 +98,9 @@ pub enum Error {
         criterion: &'static str,
     },
     /// No image in a pool can serve as a starting point for a sample.
-    #[error("no starting point for sample {index}: no image in the pool is classified as {wanted}")]
+    #[error(
+        "no starting point for sample {index}: no image in the pool is classified as {wanted}"
+    )]
     NoStartingPoint {
         /// Sample index.
         index: usize,
@@ -111,5 +117,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Builds an [`Error::InvalidConfig`].
 pub(crate) fn config_err(attack: &'static str, message: impl Into<String>) -> Error {
-    Error::InvalidConfig { attack, message: message.into() }
+    Error::InvalidConfig {
+        attack,
+        message: message.into(),
+    }
 }

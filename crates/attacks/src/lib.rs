@@ -66,8 +66,8 @@ pub mod util;
 pub use additive_noise::{AdditiveGaussianNoise, AdditiveNoiseConfig};
 pub use apgd::{Apgd, ApgdConfig};
 pub use base::{
-    attack_fixed, attack_min, clip_to_ball, robust_accuracy_all, robust_to_all, validate_inputs, Attack,
-    FixedEpsilonAttack, MinimizationAttack, Outcome,
+    attack_fixed, attack_min, clip_to_ball, robust_accuracy_all, robust_to_all, validate_inputs,
+    Attack, FixedEpsilonAttack, MinimizationAttack, Outcome,
 };
 pub use boundary::{starting_points_from_pool, Boundary, BoundaryConfig};
 pub use carlini_wagner::{CarliniWagnerL2, CwConfig};

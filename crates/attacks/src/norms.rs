@@ -46,7 +46,11 @@ impl Norm {
             Norm::L2 => {
                 let n = l2_rows(delta)?;
                 // factor = min(1, eps / max(n, 1e-12)) as in Foolbox's `clip_lp_norms`.
-                let factor = n.clamp(1e-12, f64::MAX)?.recip()?.affine(epsilon, 0.0)?.clamp(0.0, 1.0)?;
+                let factor = n
+                    .clamp(1e-12, f64::MAX)?
+                    .recip()?
+                    .affine(epsilon, 0.0)?
+                    .clamp(0.0, 1.0)?;
                 Ok(delta.broadcast_mul(&factor)?)
             }
         }
@@ -55,7 +59,9 @@ impl Norm {
     /// Projects rows onto balls of per-sample radius `epsilon` (`(b, 1)`); used by APGD/DDN.
     pub fn clip_perturbation_rows(&self, delta: &Tensor, epsilon: &Tensor) -> Result<Tensor> {
         match self {
-            Norm::Linf => Ok(delta.broadcast_minimum(epsilon)?.broadcast_maximum(&epsilon.neg()?)?),
+            Norm::Linf => Ok(delta
+                .broadcast_minimum(epsilon)?
+                .broadcast_maximum(&epsilon.neg()?)?),
             Norm::L2 => {
                 let n = l2_rows(delta)?.clamp(1e-12, f64::MAX)?;
                 let factor = epsilon.broadcast_div(&n)?.clamp(0.0, 1.0)?;
@@ -92,7 +98,9 @@ impl Norm {
             Norm::L2 => {
                 let g = normal_rows(rngs, dim + 2, device)?;
                 let n = l2_rows(&g)?.clamp(1e-12, f64::MAX)?;
-                Ok(g.broadcast_div(&n)?.narrow(1, 0, dim)?.affine(epsilon, 0.0)?)
+                Ok(g.broadcast_div(&n)?
+                    .narrow(1, 0, dim)?
+                    .affine(epsilon, 0.0)?)
             }
         }
     }
@@ -102,6 +110,59 @@ impl Norm {
         match self {
             Norm::L2 => "l2",
             Norm::Linf => "linf",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand_chacha::rand_core::SeedableRng;
+
+    #[test]
+    fn clipping_and_normalisation() {
+        let d = Tensor::new(&[[3f32, 4.0], [0.3, -0.4]], &Device::Cpu).unwrap();
+        // L2: the 5-long row is scaled to length 1, the 0.5-long row is kept.
+        let c = Norm::L2
+            .clip_perturbation(&d, 1.0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(c, vec![vec![0.6, 0.8], vec![0.3, -0.4]]);
+        let c = Norm::Linf
+            .clip_perturbation(&d, 0.35)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(c, vec![vec![0.35, 0.35], vec![0.3, -0.35]]);
+        let n = Norm::L2.normalize(&d).unwrap().to_vec2::<f32>().unwrap();
+        assert!((n[1][0] - 0.6).abs() < 1e-6 && (n[1][1] + 0.8).abs() < 1e-6);
+        assert_eq!(
+            Norm::Linf.normalize(&d).unwrap().to_vec2::<f32>().unwrap()[1],
+            vec![1.0, -1.0]
+        );
+        let zero = Tensor::zeros((1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            Norm::L2.normalize(&zero).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![0.0; 3]]
+        );
+        let b = Tensor::new(&[[0f32, 0.0], [0.0, 0.0]], &Device::Cpu).unwrap();
+        assert_eq!(Norm::L2.distances(&d, &b).unwrap()[0], 5.0);
+        assert!((Norm::Linf.distances(&d, &b).unwrap()[1] - 0.4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn random_starts_lie_in_the_ball_and_fill_it() {
+        let mut rngs: Vec<ChaCha8Rng> = (0..200).map(ChaCha8Rng::seed_from_u64).collect();
+        for norm in [Norm::L2, Norm::Linf] {
+            let p = norm
+                .random_perturbation(&mut rngs, 5, 0.5, &Device::Cpu)
+                .unwrap();
+            let n = crate::util::to_vec_f64(&norm.rows(&p).unwrap()).unwrap();
+            assert!(n.iter().all(|&v| v <= 0.5 + 1e-6));
+            // Uniform in a 5-ball: P(||x|| < r/2) = 2^-5 ~ 3 %; not all on the sphere.
+            assert!(n.iter().any(|&v| v < 0.4), "{norm:?}");
         }
     }
 }

@@ -41,7 +41,10 @@ pub fn sample_seed(seed: u64, row: &[f32]) -> u64 {
 /// One ChaCha8 stream per sample of `xs` (any shape with the batch first); see the module docs.
 pub fn sample_rngs(seed: u64, xs: &Tensor) -> Result<Vec<ChaCha8Rng>> {
     let rows = flat_rows_f32(xs)?;
-    Ok(rows.iter().map(|r| ChaCha8Rng::seed_from_u64(sample_seed(seed, r))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| ChaCha8Rng::seed_from_u64(sample_seed(seed, r)))
+        .collect())
 }
 
 /// The rows of `xs` flattened to `Vec<f32>` each.
@@ -62,7 +65,13 @@ pub fn normal_rows(rngs: &mut [ChaCha8Rng], dim: usize, device: &Device) -> Resu
 }
 
 /// Uniform noise in `[lo, hi)`, `(rngs.len(), dim)`, row `i` drawn from `rngs[i]`.
-pub fn uniform_rows(rngs: &mut [ChaCha8Rng], dim: usize, lo: f64, hi: f64, device: &Device) -> Result<Tensor> {
+pub fn uniform_rows(
+    rngs: &mut [ChaCha8Rng],
+    dim: usize,
+    lo: f64,
+    hi: f64,
+    device: &Device,
+) -> Result<Tensor> {
     let mut data = Vec::with_capacity(rngs.len() * dim);
     for rng in rngs.iter_mut() {
         for _ in 0..dim {
@@ -142,7 +151,10 @@ pub fn checked_value_and_grad<M: Differentiable + ?Sized>(
 ) -> Result<(Tensor, Tensor)> {
     let (value, grad) = model.value_and_grad(xs, loss)?;
     if grad.dims() != xs.dims() {
-        return Err(Error::GradShape { found: grad.dims().to_vec(), expected: xs.dims().to_vec() });
+        return Err(Error::GradShape {
+            found: grad.dims().to_vec(),
+            expected: xs.dims().to_vec(),
+        });
     }
     let batch = xs.dim(0)?;
     if value.elem_count() != batch {
@@ -157,5 +169,82 @@ pub fn checked_value_and_grad<M: Differentiable + ?Sized>(
 
 /// Class indices of the largest logits, `Vec<u32>`.
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
-    Ok(logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?)
+    Ok(logits
+        .argmax(D::Minus1)?
+        .to_dtype(DType::U32)?
+        .to_vec1::<u32>()?)
+}
+
+/// `value_and_grad` plus the logits at `xs`, saving a forward pass where possible: the loss
+/// closure records the logits it is given, and if the model called it exactly once on a
+/// `(batch, n_classes)` tensor (Candle autodiff, or an override such as E-ABS's eq. (8) that
+/// evaluates the loss once), those logits are returned. Otherwise (EOT, estimated gradients:
+/// several calls) the model's `logits` is called.
+pub fn value_grad_logits<M: Differentiable + ?Sized>(
+    model: &M,
+    xs: &Tensor,
+    loss: &LossFn<'_>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let seen = std::cell::RefCell::new((0usize, None::<Tensor>));
+    let recording = |l: &Tensor| -> candle_core::Result<Tensor> {
+        let mut s = seen.borrow_mut();
+        s.0 += 1;
+        s.1 = Some(l.detach());
+        drop(s);
+        loss(l)
+    };
+    let (value, grad) = checked_value_and_grad(model, xs, &recording)?;
+    let (calls, logits) = seen.into_inner();
+    let batch = xs.dim(0)?;
+    let logits = match logits {
+        Some(l) if calls == 1 && l.dims() == [batch, model.n_classes()] => l,
+        _ => checked_logits(model, xs)?,
+    };
+    Ok((value, grad, logits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_depend_on_content_not_position() {
+        assert_eq!(sample_seed(1, &[0.5, 0.0]), sample_seed(1, &[0.5, -0.0]));
+        assert_ne!(sample_seed(1, &[0.5, 0.0]), sample_seed(2, &[0.5, 0.0]));
+        assert_ne!(sample_seed(1, &[0.5, 0.0]), sample_seed(1, &[0.0, 0.5]));
+        let xs = Tensor::new(&[[0.1f32, 0.2], [0.3, 0.4]], &Device::Cpu).unwrap();
+        let swapped = Tensor::new(&[[0.3f32, 0.4], [0.1, 0.2]], &Device::Cpu).unwrap();
+        let mut a = sample_rngs(7, &xs).unwrap();
+        let mut b = sample_rngs(7, &swapped).unwrap();
+        let na = normal_rows(&mut a, 3, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let nb = normal_rows(&mut b, 3, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(na[0], nb[1]);
+        assert_eq!(na[1], nb[0]);
+    }
+
+    #[test]
+    fn row_selection_helpers() {
+        let full = Tensor::new(&[[0f32], [1.0], [2.0]], &Device::Cpu).unwrap();
+        let sub = Tensor::new(&[[9f32], [8.0]], &Device::Cpu).unwrap();
+        let out = put_rows(&full, &sub, &[2, 0])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(out, vec![vec![8.0], vec![1.0], vec![9.0]]);
+        assert_eq!(
+            take_rows(&full, &[2, 1]).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![2.0], vec![1.0]]
+        );
+        let w = where_rows(&[true, false, true], &full, &full.zeros_like().unwrap()).unwrap();
+        assert_eq!(
+            w.to_vec2::<f32>().unwrap(),
+            vec![vec![0.0], vec![0.0], vec![2.0]]
+        );
+    }
 }

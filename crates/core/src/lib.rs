@@ -44,8 +44,14 @@ impl Bounds {
 
     /// Errors unless every element of `xs` lies within the bounds (with tolerance `tol`).
     pub fn check(&self, xs: &Tensor, tol: f64) -> Result<()> {
-        let lo = xs.min_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        let hi = xs.max_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let lo = xs
+            .min_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let hi = xs
+            .max_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         if lo < self.min - tol || hi > self.max + tol {
             candle_core::bail!(
                 "inputs lie in [{lo}, {hi}], outside the model bounds [{}, {}]",
@@ -164,13 +170,19 @@ mod tests {
         let device = Device::Cpu;
         // w = [[1, 2], [3, 4]]; loss = logit_0 = x0 + 3 x1, so d loss / dx = (1, 3) for every row.
         let w = Tensor::new(&[[1f32, 2.], [3., 4.]], &device)?;
-        let model = Linear { w, device: device.clone() };
+        let model = Linear {
+            w,
+            device: device.clone(),
+        };
         let xs = Tensor::new(&[[0.5f32, 0.25], [0.0, 1.0]], &device)?;
         let loss = |l: &Tensor| l.narrow(1, 0, 1)?.squeeze(1);
         let (value, grad) = model.value_and_grad(&xs, &loss)?;
         assert_eq!(value.to_vec1::<f32>()?, vec![1.25, 3.0]);
         assert_eq!(grad.to_vec2::<f32>()?, vec![vec![1.0, 3.0], vec![1.0, 3.0]]);
-        assert_eq!(model.predict(&xs)?.to_dtype(DType::U32)?.to_vec1::<u32>()?, vec![1, 1]);
+        assert_eq!(
+            model.predict(&xs)?.to_dtype(DType::U32)?.to_vec1::<u32>()?,
+            vec![1, 1]
+        );
         Ok(())
     }
 

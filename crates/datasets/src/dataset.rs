@@ -100,7 +100,12 @@ impl Dataset {
         let (c, h, w) = shape;
         let per = c * h * w;
         if per == 0 {
-            return Err(Error::mismatch(origin, "image shape", "non-zero (c, h, w)", format!("{shape:?}")));
+            return Err(Error::mismatch(
+                origin,
+                "image shape",
+                "non-zero (c, h, w)",
+                format!("{shape:?}"),
+            ));
         }
         if images.len() != labels.len() * per {
             return Err(Error::mismatch(
@@ -111,7 +116,16 @@ impl Dataset {
             ));
         }
         check_labels(&labels, class_names.len(), origin)?;
-        Ok(Dataset { name: name.into(), split, images, labels, channels: c, height: h, width: w, class_names })
+        Ok(Dataset {
+            name: name.into(),
+            split,
+            images,
+            labels,
+            channels: c,
+            height: h,
+            width: w,
+            class_names,
+        })
     }
 
     /// Number of images.
@@ -154,11 +168,19 @@ impl Dataset {
         let mut out = Vec::with_capacity(idx.len() * n);
         for &i in idx {
             if i >= self.len() {
-                candle_core::bail!("image index {i} out of range for {} images of {}", self.len(), self.name);
+                candle_core::bail!(
+                    "image index {i} out of range for {} images of {}",
+                    self.len(),
+                    self.name
+                );
             }
             out.extend(self.image(i).iter().map(|&b| f32::from(b) / 255.0));
         }
-        Tensor::from_vec(out, (idx.len(), self.channels, self.height, self.width), device)
+        Tensor::from_vec(
+            out,
+            (idx.len(), self.channels, self.height, self.width),
+            device,
+        )
     }
 
     /// Labels `idx` as a u32 tensor `(idx.len(),)`.
@@ -180,7 +202,10 @@ impl Dataset {
     /// The whole dataset as `(images, labels)` tensors (see [`Dataset::images_tensor`]).
     pub fn to_tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
         let all: Vec<usize> = (0..self.len()).collect();
-        Ok((self.images_tensor(&all, device)?, self.labels_tensor(&all, device)?))
+        Ok((
+            self.images_tensor(&all, device)?,
+            self.labels_tensor(&all, device)?,
+        ))
     }
 
     /// A random permutation of `0..len()` cut into batches of `batch_size` (the last one may be
@@ -253,8 +278,16 @@ impl Dataset {
 }
 
 /// Checks every label is `< n_classes`.
-pub(crate) fn check_labels(labels: &[u8], n_classes: usize, origin: &std::path::Path) -> Result<()> {
-    if let Some((index, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= n_classes) {
+pub(crate) fn check_labels(
+    labels: &[u8],
+    n_classes: usize,
+    origin: &std::path::Path,
+) -> Result<()> {
+    if let Some((index, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= n_classes)
+    {
         return Err(Error::LabelOutOfRange {
             path: origin.to_path_buf(),
             index,
@@ -297,13 +330,20 @@ pub fn add_gaussian_noise(x: &Tensor, std: f64, seed: u64) -> candle_core::Resul
         candle_core::bail!("noise std must be finite and >= 0, found {std}");
     }
     if matches!(x.dtype(), DType::U8 | DType::U32 | DType::I64) {
-        candle_core::bail!("add_gaussian_noise expects a float tensor, found {:?}", x.dtype());
+        candle_core::bail!(
+            "add_gaussian_noise expects a float tensor, found {:?}",
+            x.dtype()
+        );
     }
     let normal = Normal::new(0f32, std as f32)
         .map_err(|e| candle_core::Error::Msg(format!("noise std {std}: {e}")))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let noise: Vec<f32> = (0..x.elem_count()).map(|_| normal.sample(&mut rng)).collect();
-    let noise = Tensor::from_vec(noise, x.shape(), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
+    let noise: Vec<f32> = (0..x.elem_count())
+        .map(|_| normal.sample(&mut rng))
+        .collect();
+    let noise = Tensor::from_vec(noise, x.shape(), &Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
     (x + noise)?.clamp(0f32, 1f32)
 }
 
@@ -314,10 +354,21 @@ mod tests {
 
     fn toy(n: usize) -> Dataset {
         // Image i is filled with byte i, labels cycle 0, 1, 2.
-        let images: Vec<u8> = (0..n).flat_map(|i| std::iter::repeat_n(i as u8, 2 * 2)).collect();
+        let images: Vec<u8> = (0..n)
+            .flat_map(|i| std::iter::repeat_n(i as u8, 2 * 2))
+            .collect();
         let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
         let names = vec!["a".into(), "b".into(), "c".into()];
-        Dataset::new("toy", Split::Train, images, labels, (1, 2, 2), names, Path::new("toy")).unwrap()
+        Dataset::new(
+            "toy",
+            Split::Train,
+            images,
+            labels,
+            (1, 2, 2),
+            names,
+            Path::new("toy"),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -326,7 +377,13 @@ mod tests {
         let x = d.images_tensor(&[4, 0], &Device::Cpu).unwrap();
         assert_eq!(x.dims(), &[2, 1, 2, 2]);
         let v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(v, vec![4.0 / 255.0; 4].into_iter().chain(vec![0.0; 4]).collect::<Vec<_>>());
+        assert_eq!(
+            v,
+            vec![4.0 / 255.0; 4]
+                .into_iter()
+                .chain(vec![0.0; 4])
+                .collect::<Vec<_>>()
+        );
         let y = d.labels_tensor(&[4, 0], &Device::Cpu).unwrap();
         assert_eq!(y.to_vec1::<u32>().unwrap(), vec![1, 0]);
         assert!(d.images_tensor(&[5], &Device::Cpu).is_err());
@@ -335,9 +392,25 @@ mod tests {
 
     #[test]
     fn new_rejects_bad_parts() {
-        let e = Dataset::new("t", Split::Test, vec![0; 7], vec![0, 1], (1, 2, 2), vec!["a".into(), "b".into()], Path::new("f"));
+        let e = Dataset::new(
+            "t",
+            Split::Test,
+            vec![0; 7],
+            vec![0, 1],
+            (1, 2, 2),
+            vec!["a".into(), "b".into()],
+            Path::new("f"),
+        );
         assert!(e.unwrap_err().to_string().contains("expected 8, found 7"));
-        let e = Dataset::new("t", Split::Test, vec![0; 8], vec![0, 2], (1, 2, 2), vec!["a".into(), "b".into()], Path::new("f"));
+        let e = Dataset::new(
+            "t",
+            Split::Test,
+            vec![0; 8],
+            vec![0, 2],
+            (1, 2, 2),
+            vec!["a".into(), "b".into()],
+            Path::new("f"),
+        );
         assert!(matches!(e, Err(Error::LabelOutOfRange { index: 1, .. })));
     }
 
@@ -345,7 +418,10 @@ mod tests {
     fn batches_are_a_pure_permutation() {
         let d = toy(23);
         let b = d.batches(5, 7, 0);
-        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![5, 5, 5, 5, 3]);
+        assert_eq!(
+            b.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![5, 5, 5, 5, 3]
+        );
         let mut all: Vec<usize> = b.concat();
         all.sort_unstable();
         assert_eq!(all, (0..23).collect::<Vec<_>>());
@@ -361,7 +437,12 @@ mod tests {
         let (tr, va) = d.split_validation(3);
         assert_eq!((tr.len(), va.len()), (91, 10));
         assert_eq!((tr.split, va.split), (Split::Train, Split::Validation));
-        let mut seen: Vec<u8> = tr.images.chunks(4).chain(va.images.chunks(4)).map(|c| c[0]).collect();
+        let mut seen: Vec<u8> = tr
+            .images
+            .chunks(4)
+            .chain(va.images.chunks(4))
+            .map(|c| c[0])
+            .collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..101).map(|i| i as u8).collect::<Vec<_>>());
         assert_eq!(d.split_validation(3), (tr.clone(), va.clone()));
@@ -389,10 +470,18 @@ mod tests {
         assert_ne!(va, c.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let mean = va.iter().sum::<f32>() / va.len() as f32;
         let var = va.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / va.len() as f32;
-        assert!((mean - 0.5).abs() < 0.01 && (var.sqrt() - 0.1).abs() < 0.01, "{mean} {var}");
-        let big = add_gaussian_noise(&x, 5.0, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            (mean - 0.5).abs() < 0.01 && (var.sqrt() - 0.1).abs() < 0.01,
+            "{mean} {var}"
+        );
+        let big = add_gaussian_noise(&x, 5.0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(big.iter().all(|v| (0.0..=1.0).contains(v)));
-        assert!(big.iter().any(|&v| v == 0.0) && big.iter().any(|&v| v == 1.0));
+        assert!(big.contains(&0.0) && big.contains(&1.0));
         assert!(add_gaussian_noise(&x, -1.0, 1).is_err());
         assert!(add_gaussian_noise(&x, f64::NAN, 1).is_err());
     }

@@ -132,12 +132,18 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     /// An [`Error::Malformed`] for `path`.
     pub fn malformed(path: impl AsRef<Path>, detail: impl Into<String>) -> Self {
-        Error::Malformed { path: path.as_ref().to_path_buf(), detail: detail.into() }
+        Error::Malformed {
+            path: path.as_ref().to_path_buf(),
+            detail: detail.into(),
+        }
     }
 
     /// An [`Error::Mismatch`] for `path`.
@@ -156,7 +162,17 @@ impl Error {
     }
 
     /// An [`Error::Length`] for `path`.
-    pub fn length(path: impl AsRef<Path>, what: impl Into<String>, expected: u64, found: u64) -> Self {
-        Error::Length { path: path.as_ref().to_path_buf(), what: what.into(), expected, found }
+    pub fn length(
+        path: impl AsRef<Path>,
+        what: impl Into<String>,
+        expected: u64,
+        found: u64,
+    ) -> Self {
+        Error::Length {
+            path: path.as_ref().to_path_buf(),
+            what: what.into(),
+            expected,
+            found,
+        }
     }
 }

@@ -44,7 +44,9 @@ pub fn decompress_if_gzip(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
         flate2::read::MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| Error::malformed(path, format!("gzip stream is corrupt or truncated: {e}")))?;
+            .map_err(|e| {
+                Error::malformed(path, format!("gzip stream is corrupt or truncated: {e}"))
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -78,15 +80,26 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     }
     let header_len = 4 + 4 * n_dims;
     if bytes.len() < header_len {
-        return Err(Error::length(path, "IDX header", header_len as u64, bytes.len() as u64));
+        return Err(Error::length(
+            path,
+            "IDX header",
+            header_len as u64,
+            bytes.len() as u64,
+        ));
     }
     let dims: Vec<usize> = bytes[4..header_len]
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let n_values = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        Error::malformed(path, format!("IDX dimensions {dims:?} overflow the address space"))
-    })?;
+    let n_values = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            Error::malformed(
+                path,
+                format!("IDX dimensions {dims:?} overflow the address space"),
+            )
+        })?;
     let found = bytes.len() - header_len;
     if found != n_values {
         return Err(Error::length(
@@ -96,7 +109,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
             found as u64,
         ));
     }
-    Ok(IdxArray { dims, data: bytes[header_len..].to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: bytes[header_len..].to_vec(),
+    })
 }
 
 /// Reads and parses an IDX file, gzipped or not.
@@ -107,7 +123,12 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
 /// Checks that `array` has exactly `n` dimensions.
 pub fn expect_rank(array: &IdxArray, n: usize, path: &Path) -> Result<()> {
     if array.dims.len() != n {
-        return Err(Error::mismatch(path, "number of IDX dimensions", n, array.dims.len()));
+        return Err(Error::mismatch(
+            path,
+            "number of IDX dimensions",
+            n,
+            array.dims.len(),
+        ));
     }
     Ok(())
 }
@@ -137,9 +158,10 @@ pub fn encode_idx(dims: &[usize], data: &[u8]) -> Result<Vec<u8>> {
 /// Gzips bytes with a fixed header (no file name, modification time 0), so that equal input
 /// always gives equal output.
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::with_capacity(bytes.len() / 2), flate2::Compression::default());
+    let mut enc = flate2::GzBuilder::new().mtime(0).write(
+        Vec::with_capacity(bytes.len() / 2),
+        flate2::Compression::default(),
+    );
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(bytes);
     enc.finish().unwrap_or_default()
@@ -148,9 +170,15 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// Writes `bytes` to `path` atomically: into a temporary file in the same directory, flushed,
 /// then renamed over `path`, so a crash never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -189,16 +217,27 @@ mod tests {
         let mut bytes = encode_idx(&[2, 2, 2], &[0; 8]).unwrap();
         bytes.pop();
         let msg = parse_idx(&bytes, p).unwrap_err().to_string();
-        assert!(msg.contains("train-images-idx3-ubyte") && msg.contains("expected 8 bytes, found 7"), "{msg}");
+        assert!(
+            msg.contains("train-images-idx3-ubyte") && msg.contains("expected 8 bytes, found 7"),
+            "{msg}"
+        );
         bytes.extend_from_slice(&[0, 0]);
-        assert!(parse_idx(&bytes, p).unwrap_err().to_string().contains("expected 8 bytes, found 9"));
+        assert!(parse_idx(&bytes, p)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 8 bytes, found 9"));
         let mut bad = encode_idx(&[1], &[0]).unwrap();
         bad[0] = 0x12;
         assert!(matches!(parse_idx(&bad, p), Err(Error::BadMagic { .. })));
         let mut float = encode_idx(&[1], &[0]).unwrap();
         float[2] = 0x0d;
-        assert!(matches!(parse_idx(&float, p), Err(Error::Unsupported { .. })));
-        let overflow = [0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            parse_idx(&float, p),
+            Err(Error::Unsupported { .. })
+        ));
+        let overflow = [
+            0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
         assert!(parse_idx(&overflow, p).is_err());
     }
 }

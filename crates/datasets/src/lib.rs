@@ -37,9 +37,11 @@ pub mod traffic;
 
 pub use dataset::{add_gaussian_noise, Dataset, Split};
 pub use error::{Error, Result};
-pub use load::{find_dataset_dir, load, load_official, load_with, system_dirs, LoadOptions, Official};
+pub use load::{
+    find_dataset_dir, load, load_official, load_with, system_dirs, LoadOptions, Official,
+};
 pub use manifest::Manifest;
-pub use stats::SplitStats;
+pub use stats::{ClassCount, SplitStats};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,18 +55,32 @@ pub enum DatasetKind {
     /// SVHN cropped digits (Netzer et al. 2011), 32x32 RGB.
     Svhn,
     /// SuperTraffic-10 (E-ABS, Section 4.1): GTSRB + DFG + BelgiumTS, 32x32 RGB, built locally by
-    /// [`traffic::build`].
+    /// [`traffic::build()`].
     SuperTraffic10,
 }
 
 /// Fashion-MNIST's class names, by label (zalandoresearch/fashion-mnist README).
-pub const FASHION_MNIST_CLASSES: [&str; 10] =
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
 impl DatasetKind {
     /// All kinds.
-    pub const ALL: [DatasetKind; 4] =
-        [DatasetKind::Mnist, DatasetKind::FashionMnist, DatasetKind::Svhn, DatasetKind::SuperTraffic10];
+    pub const ALL: [DatasetKind; 4] = [
+        DatasetKind::Mnist,
+        DatasetKind::FashionMnist,
+        DatasetKind::Svhn,
+        DatasetKind::SuperTraffic10,
+    ];
 
     /// Canonical name, also the directory name under a data directory.
     pub fn name(self) -> &'static str {
@@ -100,8 +116,15 @@ impl DatasetKind {
     /// Class names, except for SuperTraffic-10 whose names come from its build manifest.
     pub fn class_names(self) -> Option<Vec<String>> {
         match self {
-            DatasetKind::Mnist | DatasetKind::Svhn => Some((0..10).map(|d| d.to_string()).collect()),
-            DatasetKind::FashionMnist => Some(FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()),
+            DatasetKind::Mnist | DatasetKind::Svhn => {
+                Some((0..10).map(|d| d.to_string()).collect())
+            }
+            DatasetKind::FashionMnist => Some(
+                FASHION_MNIST_CLASSES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
             DatasetKind::SuperTraffic10 => None,
         }
     }
@@ -116,7 +139,11 @@ impl std::fmt::Display for DatasetKind {
 impl std::str::FromStr for DatasetKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let norm: String = s.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
+        let norm: String = s
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
         match norm.as_str() {
             "mnist" => Ok(DatasetKind::Mnist),
             "fashionmnist" | "fmnist" => Ok(DatasetKind::FashionMnist),
@@ -124,7 +151,9 @@ impl std::str::FromStr for DatasetKind {
             "supertraffic10" | "supertraffic" | "st10" => Ok(DatasetKind::SuperTraffic10),
             _ => Err(Error::InvalidArgument {
                 name: "dataset".into(),
-                detail: format!("expected one of mnist, fashion-mnist, svhn, supertraffic-10; found `{s}`"),
+                detail: format!(
+                    "expected one of mnist, fashion-mnist, svhn, supertraffic-10; found `{s}`"
+                ),
             }),
         }
     }
@@ -139,9 +168,19 @@ mod tests {
         for k in DatasetKind::ALL {
             assert_eq!(k.name().parse::<DatasetKind>().unwrap(), k);
         }
-        assert_eq!("Fashion_MNIST".parse::<DatasetKind>().unwrap(), DatasetKind::FashionMnist);
-        assert_eq!("SuperTraffic10".parse::<DatasetKind>().unwrap(), DatasetKind::SuperTraffic10);
-        assert!("cifar10".parse::<DatasetKind>().unwrap_err().to_string().contains("cifar10"));
+        assert_eq!(
+            "Fashion_MNIST".parse::<DatasetKind>().unwrap(),
+            DatasetKind::FashionMnist
+        );
+        assert_eq!(
+            "SuperTraffic10".parse::<DatasetKind>().unwrap(),
+            DatasetKind::SuperTraffic10
+        );
+        assert!("cifar10"
+            .parse::<DatasetKind>()
+            .unwrap_err()
+            .to_string()
+            .contains("cifar10"));
         assert_eq!(DatasetKind::Mnist.noise_std(), 0.2);
         assert_eq!(DatasetKind::Svhn.noise_std(), 0.01);
         assert_eq!(DatasetKind::SuperTraffic10.image_shape(), (3, 32, 32));

@@ -67,7 +67,8 @@ pub struct Manifest {
 impl Manifest {
     /// Parses a manifest; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::malformed(origin, format!("manifest JSON: {e}")))
+        serde_json::from_str(text)
+            .map_err(|e| Error::malformed(origin, format!("manifest JSON: {e}")))
     }
 
     /// The manifest compiled into this crate for `kind`; `None` for SuperTraffic-10, which is
@@ -75,9 +76,10 @@ impl Manifest {
     pub fn builtin(kind: DatasetKind) -> Option<Self> {
         let (text, name) = match kind {
             DatasetKind::Mnist => (include_str!("../manifests/mnist.json"), "mnist.json"),
-            DatasetKind::FashionMnist => {
-                (include_str!("../manifests/fashion-mnist.json"), "fashion-mnist.json")
-            }
+            DatasetKind::FashionMnist => (
+                include_str!("../manifests/fashion-mnist.json"),
+                "fashion-mnist.json",
+            ),
             DatasetKind::Svhn => (include_str!("../manifests/svhn.json"), "svhn.json"),
             DatasetKind::SuperTraffic10 => return None,
         };
@@ -107,7 +109,12 @@ pub fn md5_hex(bytes: &[u8]) -> String {
 pub fn verify(bytes: &[u8], entry: &FileEntry, path: &Path) -> Result<()> {
     if let Some(size) = entry.size {
         if bytes.len() as u64 != size {
-            return Err(Error::length(path, "decompressed file size", size, bytes.len() as u64));
+            return Err(Error::length(
+                path,
+                "decompressed file size",
+                size,
+                bytes.len() as u64,
+            ));
         }
     }
     if let Some(expected) = &entry.sha256 {
@@ -134,7 +141,10 @@ pub fn verify(bytes: &[u8], entry: &FileEntry, path: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    Err(Error::malformed(path, format!("manifest entry `{}` has neither sha256 nor md5", entry.name)))
+    Err(Error::malformed(
+        path,
+        format!("manifest entry `{}` has neither sha256 nor md5", entry.name),
+    ))
 }
 
 #[cfg(test)]
@@ -143,13 +153,25 @@ mod tests {
 
     #[test]
     fn builtin_manifests_parse_and_are_complete() {
-        for kind in [DatasetKind::Mnist, DatasetKind::FashionMnist, DatasetKind::Svhn] {
+        for kind in [
+            DatasetKind::Mnist,
+            DatasetKind::FashionMnist,
+            DatasetKind::Svhn,
+        ] {
             let m = Manifest::builtin(kind).expect("embedded manifest parses");
             assert_eq!(m.dataset, kind.name());
             for f in &m.files {
-                assert!(f.sha256.is_some() || f.md5.is_some(), "{}: {} has no digest", m.dataset, f.name);
+                assert!(
+                    f.sha256.is_some() || f.md5.is_some(),
+                    "{}: {} has no digest",
+                    m.dataset,
+                    f.name
+                );
                 assert!(!f.urls.is_empty(), "{}: {} has no url", m.dataset, f.name);
-                for d in [&f.sha256, &f.md5, &f.archive_md5, &f.archive_sha256].into_iter().flatten() {
+                for d in [&f.sha256, &f.md5, &f.archive_md5, &f.archive_sha256]
+                    .into_iter()
+                    .flatten()
+                {
                     assert!(hex::decode(d).is_ok(), "{d} is not hex");
                 }
             }
@@ -172,12 +194,32 @@ mod tests {
         let p = Path::new("dir/x");
         verify(b"abc", &entry, p).unwrap();
         let e = verify(b"abd", &entry, p).unwrap_err().to_string();
-        assert!(e.contains("dir/x") && e.contains("sha256") && e.contains(&sha256_hex(b"abd")), "{e}");
-        assert!(verify(b"abcd", &entry, p).unwrap_err().to_string().contains("expected 3 bytes, found 4"));
-        let md5_only = FileEntry { sha256: None, md5: Some(md5_hex(b"abc")), ..entry.clone() };
+        assert!(
+            e.contains("dir/x") && e.contains("sha256") && e.contains(&sha256_hex(b"abd")),
+            "{e}"
+        );
+        assert!(verify(b"abcd", &entry, p)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 3 bytes, found 4"));
+        let md5_only = FileEntry {
+            sha256: None,
+            md5: Some(md5_hex(b"abc")),
+            ..entry.clone()
+        };
         verify(b"abc", &md5_only, p).unwrap();
-        assert!(matches!(verify(b"abx", &md5_only, p), Err(Error::Checksum { algorithm: "md5", .. })));
-        let none = FileEntry { sha256: None, md5: None, ..entry };
+        assert!(matches!(
+            verify(b"abx", &md5_only, p),
+            Err(Error::Checksum {
+                algorithm: "md5",
+                ..
+            })
+        ));
+        let none = FileEntry {
+            sha256: None,
+            md5: None,
+            ..entry
+        };
         assert!(verify(b"abc", &none, p).is_err());
     }
 }

@@ -170,7 +170,9 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn u32_at(&self, b: &[u8], at: usize) -> Result<u32> {
-        let s = b.get(at..at + 4).ok_or_else(|| Error::length(self.path, "MAT tag", (at + 4) as u64, b.len() as u64))?;
+        let s = b
+            .get(at..at + 4)
+            .ok_or_else(|| Error::length(self.path, "MAT tag", (at + 4) as u64, b.len() as u64))?;
         let a = [s[0], s[1], s[2], s[3]];
         Ok(match self.endian {
             Endian::Little => u32::from_le_bytes(a),
@@ -187,17 +189,38 @@ impl Reader<'_> {
             let n = (first >> 16) as usize;
             let ty = first & 0xffff;
             if n > 4 {
-                return Err(Error::malformed(self.path, format!("small data element at byte {} declares {n} bytes (at most 4)", *pos)));
+                return Err(Error::malformed(
+                    self.path,
+                    format!(
+                        "small data element at byte {} declares {n} bytes (at most 4)",
+                        *pos
+                    ),
+                ));
             }
-            let data = b.get(*pos + 4..*pos + 4 + n).ok_or_else(|| Error::length(self.path, "small data element", (*pos + 8) as u64, b.len() as u64))?;
+            let data = b.get(*pos + 4..*pos + 4 + n).ok_or_else(|| {
+                Error::length(
+                    self.path,
+                    "small data element",
+                    (*pos + 8) as u64,
+                    b.len() as u64,
+                )
+            })?;
             *pos += 8;
             return Ok((ty, data));
         }
         let n = self.u32_at(b, *pos + 4)? as usize;
         let start = *pos + 8;
-        let end = start.checked_add(n).filter(|&e| e <= b.len()).ok_or_else(|| {
-            Error::length(self.path, format!("data element of type {first} at byte {}", *pos), (start as u64).saturating_add(n as u64), b.len() as u64)
-        })?;
+        let end = start
+            .checked_add(n)
+            .filter(|&e| e <= b.len())
+            .ok_or_else(|| {
+                Error::length(
+                    self.path,
+                    format!("data element of type {first} at byte {}", *pos),
+                    (start as u64).saturating_add(n as u64),
+                    b.len() as u64,
+                )
+            })?;
         *pos = if pad { (end + 7) & !7 } else { end };
         Ok((first, &b[start..end]))
     }
@@ -218,7 +241,13 @@ impl Reader<'_> {
             }
         };
         if data.len() % size != 0 {
-            return Err(Error::malformed(self.path, format!("{} bytes of data type {ty} is not a multiple of {size}", data.len())));
+            return Err(Error::malformed(
+                self.path,
+                format!(
+                    "{} bytes of data type {ty} is not a multiple of {size}",
+                    data.len()
+                ),
+            ));
         }
         if class == MatClass::Uint8 && ty == MI_UINT8 {
             return Ok(MatData::U8(data.to_vec()));
@@ -256,7 +285,9 @@ impl Reader<'_> {
             })
             .collect();
         if class == MatClass::Uint8 {
-            return MatData::F64(values).to_u8_exact(self.path, "uint8 array").map(MatData::U8);
+            return MatData::F64(values)
+                .to_u8_exact(self.path, "uint8 array")
+                .map(MatData::U8);
         }
         Ok(MatData::F64(values))
     }
@@ -266,7 +297,13 @@ impl Reader<'_> {
         let mut pos = 0;
         let (ty, flags) = self.element(b, &mut pos, true)?;
         if ty != MI_UINT32 || flags.len() != 8 {
-            return Err(Error::malformed(self.path, format!("array flags: expected miUINT32 of 8 bytes, found type {ty} of {} bytes", flags.len())));
+            return Err(Error::malformed(
+                self.path,
+                format!(
+                    "array flags: expected miUINT32 of 8 bytes, found type {ty} of {} bytes",
+                    flags.len()
+                ),
+            ));
         }
         let flag_word = self.u32_at(flags, 0)?;
         let class_code = (flag_word & 0xff) as u8;
@@ -278,12 +315,16 @@ impl Reader<'_> {
         let dims = (0..dims_raw.len() / 4)
             .map(|i| {
                 let d = self.u32_at(dims_raw, 4 * i)? as i32;
-                usize::try_from(d).map_err(|_| Error::malformed(self.path, format!("negative dimension {d}")))
+                usize::try_from(d)
+                    .map_err(|_| Error::malformed(self.path, format!("negative dimension {d}")))
             })
             .collect::<Result<Vec<usize>>>()?;
         let (ty, name_raw) = self.element(b, &mut pos, true)?;
         if ty != MI_INT8 && ty != MI_UINT8 {
-            return Err(Error::malformed(self.path, format!("array name: expected miINT8, found type {ty}")));
+            return Err(Error::malformed(
+                self.path,
+                format!("array name: expected miINT8, found type {ty}"),
+            ));
         }
         let name = String::from_utf8_lossy(name_raw).into_owned();
         if !wanted(&name) {
@@ -305,25 +346,50 @@ impl Reader<'_> {
         }
         let (ty, real) = self.element(b, &mut pos, true)?;
         let data = self.numeric(ty, real, class)?;
-        let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::malformed(self.path, format!("dimensions {dims:?} overflow")))?;
+        let n = dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::malformed(self.path, format!("dimensions {dims:?} overflow")))?;
         if data.len() != n {
-            return Err(Error::mismatch(self.path, format!("number of values of `{name}` with dimensions {dims:?}"), n, data.len()));
+            return Err(Error::mismatch(
+                self.path,
+                format!("number of values of `{name}` with dimensions {dims:?}"),
+                n,
+                data.len(),
+            ));
         }
-        Ok(Some(MatArray { name, class, dims, data }))
+        Ok(Some(MatArray {
+            name,
+            class,
+            dims,
+            data,
+        }))
     }
 }
 
 /// Parses a level 5 MAT-file held in `bytes`, returning the numeric arrays whose names satisfy
 /// `wanted` (others are skipped unparsed). `path` names the file in errors.
-pub fn parse_mat(bytes: &[u8], path: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<MatArray>> {
+pub fn parse_mat(
+    bytes: &[u8],
+    path: &Path,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<Vec<MatArray>> {
     if bytes.len() < 128 {
-        return Err(Error::length(path, "MAT-file header", 128, bytes.len() as u64));
+        return Err(Error::length(
+            path,
+            "MAT-file header",
+            128,
+            bytes.len() as u64,
+        ));
     }
     if &bytes[..6] != b"MATLAB" {
         return Err(Error::BadMagic {
             path: path.to_path_buf(),
             expected: "header text starting with \"MATLAB\" (MAT-file level 5)".into(),
-            found: format!("{:?}", String::from_utf8_lossy(&bytes[..6.min(bytes.len())])),
+            found: format!(
+                "{:?}",
+                String::from_utf8_lossy(&bytes[..6.min(bytes.len())])
+            ),
         });
     }
     let endian = match &bytes[126..128] {
@@ -361,9 +427,14 @@ pub fn parse_mat(bytes: &[u8], path: &Path, wanted: &dyn Fn(&str) -> bool) -> Re
             }
             MI_COMPRESSED => {
                 let mut inner = Vec::new();
-                flate2::read::ZlibDecoder::new(payload).read_to_end(&mut inner).map_err(|e| {
-                    Error::malformed(path, format!("miCOMPRESSED element does not inflate: {e}"))
-                })?;
+                flate2::read::ZlibDecoder::new(payload)
+                    .read_to_end(&mut inner)
+                    .map_err(|e| {
+                        Error::malformed(
+                            path,
+                            format!("miCOMPRESSED element does not inflate: {e}"),
+                        )
+                    })?;
                 let mut ipos = 0;
                 let (ity, ipayload) = r.element(&inner, &mut ipos, true)?;
                 if ity != MI_MATRIX {
@@ -423,12 +494,23 @@ pub mod write {
     pub fn matrix(name: &str, dims: &[usize], values: &Values<'_>) -> Vec<u8> {
         let (class, ty, data): (u32, u32, Vec<u8>) = match values {
             Values::U8(v) => (9, super::MI_UINT8, v.to_vec()),
-            Values::F64(v) => (6, super::MI_DOUBLE, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Values::F64(v) => (
+                6,
+                super::MI_DOUBLE,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
             Values::F64AsU8(v) => (6, super::MI_UINT8, v.to_vec()),
         };
         let mut body = Vec::new();
-        push_element(&mut body, super::MI_UINT32, &[class.to_le_bytes(), 0u32.to_le_bytes()].concat());
-        let d: Vec<u8> = dims.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect();
+        push_element(
+            &mut body,
+            super::MI_UINT32,
+            &[class.to_le_bytes(), 0u32.to_le_bytes()].concat(),
+        );
+        let d: Vec<u8> = dims
+            .iter()
+            .flat_map(|&x| (x as i32).to_le_bytes())
+            .collect();
         push_element(&mut body, super::MI_INT32, &d);
         if name.len() <= 4 {
             // Small data element form for short names, as MATLAB writes them.
@@ -458,7 +540,8 @@ pub mod write {
         for (name, dims, values) in arrays {
             let m = matrix(name, dims, values);
             if compressed {
-                let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                let mut enc =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
                 let _ = enc.write_all(&m);
                 let z = enc.finish().unwrap_or_default();
                 out.extend_from_slice(&super::MI_COMPRESSED.to_le_bytes());
@@ -498,7 +581,12 @@ mod tests {
             assert_eq!(arrays[0].data, MatData::U8(x.clone()));
             assert_eq!(arrays[1].class, MatClass::Double);
             assert_eq!(arrays[1].data, MatData::F64(y.to_vec()));
-            assert!(arrays[1].data.to_u8_exact(p, "label").unwrap_err().to_string().contains("3.5"));
+            assert!(arrays[1]
+                .data
+                .to_u8_exact(p, "label")
+                .unwrap_err()
+                .to_string()
+                .contains("3.5"));
             let all = parse_mat(&bytes, p, &|_| true).unwrap();
             assert_eq!(all[2].data, MatData::F64(vec![7.0, 8.0]));
         }
@@ -510,10 +598,16 @@ mod tests {
         let good = mat_file(&[("X", &[1, 2], Values::U8(&[1, 2]))], false);
         let mut v73 = good.clone();
         v73[124..126].copy_from_slice(&0x0200u16.to_le_bytes());
-        assert!(matches!(parse_mat(&v73, p, &|_| true), Err(Error::Unsupported { .. })));
+        assert!(matches!(
+            parse_mat(&v73, p, &|_| true),
+            Err(Error::Unsupported { .. })
+        ));
         let mut bad = good.clone();
         bad[0] = b'X';
-        assert!(matches!(parse_mat(&bad, p, &|_| true), Err(Error::BadMagic { .. })));
+        assert!(matches!(
+            parse_mat(&bad, p, &|_| true),
+            Err(Error::BadMagic { .. })
+        ));
         // A cell array (class 1) named X.
         let mut cell = good.clone();
         cell[128 + 8 + 8] = 1;

@@ -22,7 +22,15 @@ pub struct LatentAdam {
 impl LatentAdam {
     /// Zero moments shaped like `param`.
     pub fn new(param: &Tensor, lr: f64, beta1: f64, beta2: f64, eps: f64) -> Result<Self> {
-        Ok(Self { m: param.zeros_like()?, v: param.zeros_like()?, t: 0, lr, beta1, beta2, eps })
+        Ok(Self {
+            m: param.zeros_like()?,
+            v: param.zeros_like()?,
+            t: 0,
+            lr,
+            beta1,
+            beta2,
+            eps,
+        })
     }
 
     /// One update: returns `param - lr * m_hat / (sqrt(v_hat) + eps)`.

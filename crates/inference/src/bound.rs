@@ -35,14 +35,23 @@ use crate::model::LatentClassModel;
 /// `eps* = min_{k != y} (d_k^2 - l_y) / (2 d_k + 2 r_y)` for one sample (Appendix A), clamped at
 /// 0, with the class attaining the minimum. `distances[k]` is `d_k`; `distances[label]` is
 /// ignored. Returns `(0, None)` when there is no other class.
-pub fn certified_radius(l_y: f64, r_y: f64, distances: &[f64], label: usize) -> (f64, Option<usize>) {
+pub fn certified_radius(
+    l_y: f64,
+    r_y: f64,
+    distances: &[f64],
+    label: usize,
+) -> (f64, Option<usize>) {
     let mut best: Option<(f64, usize)> = None;
     for (k, &d_k) in distances.iter().enumerate() {
         if k == label {
             continue;
         }
         let denom = 2.0 * d_k + 2.0 * r_y;
-        let eps = if denom > 0.0 { (d_k * d_k - l_y) / denom } else { 0.0 };
+        let eps = if denom > 0.0 {
+            (d_k * d_k - l_y) / denom
+        } else {
+            0.0
+        };
         if best.is_none_or(|(b, _)| eps < b) {
             best = Some((eps, k));
         }
@@ -114,10 +123,14 @@ impl CertifiedBounds {
 
     /// Whether every radius satisfies Claim 2's condition `eps* < d_k` for its nearest class.
     pub fn within_validity(&self) -> bool {
-        self.epsilons.iter().zip(&self.nearest_class).zip(&self.manifold_distances).all(|((e, k), d)| match k {
-            Some(k) => *e == 0.0 || *e < d[*k],
-            None => true,
-        })
+        self.epsilons
+            .iter()
+            .zip(&self.nearest_class)
+            .zip(&self.manifold_distances)
+            .all(|((e, k), d)| match k {
+                Some(k) => *e == 0.0 || *e < d[*k],
+                None => true,
+            })
     }
 }
 
@@ -175,7 +188,11 @@ impl<M: LatentClassModel> AbsInference<M> {
                 found: format!("label {y} at index {i}"),
             });
         }
-        let exact = |use_prior| Pass { mode: LatentInference::Exact, use_prior, final_evaluation: FinalEvaluation::Mean };
+        let exact = |use_prior| Pass {
+            mode: LatentInference::Exact,
+            use_prior,
+            final_evaluation: FinalEvaluation::Mean,
+        };
         let with_prior = self.run(xs, exact(true), 0)?;
         let without_prior = self.run(xs, exact(false), 0)?;
         let rec = to_rows(&with_prior.reconstruction_errors)?;

@@ -40,8 +40,12 @@ pub fn draw_candidates(
     let draws: Vec<f32> = (0..n_prior_draws * latent_dim)
         .map(|_| StandardNormal.sample(&mut rng))
         .collect();
-    let sq_norm =
-        |i: usize| -> f64 { draws[i * latent_dim..(i + 1) * latent_dim].iter().map(|&v| f64::from(v) * f64::from(v)).sum() };
+    let sq_norm = |i: usize| -> f64 {
+        draws[i * latent_dim..(i + 1) * latent_dim]
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum()
+    };
     let norms: Vec<f64> = (0..n_prior_draws).map(sq_norm).collect();
     let mut order: Vec<usize> = (0..n_prior_draws).collect();
     // Density of N(0, I) is monotone in the norm: the most probable are the shortest.
@@ -66,7 +70,8 @@ pub struct CandidateCache {
     images: Vec<Tensor>,
     /// Per class: `||G_k(z_i)||^2`, `(1, N)`.
     sq_norms: Vec<Tensor>,
-    /// Per class: prior term of each candidate (unit variance at the candidate mean), `(1, N)`.
+    /// Per class: prior term of each candidate (unit variance at the candidate mean), `(1, N)`:
+    /// the model's `prior_term`, or `kl_beta / 2 ||z||^2` with the build config's `kl_beta`.
     prior_terms: Vec<Tensor>,
     search_chunk: usize,
 }
@@ -85,7 +90,10 @@ pub struct CandidateChoice {
 impl CandidateCache {
     /// Draws the pool (see [`draw_candidates`]) and decodes it with every class decoder in
     /// chunks of `config.decode_chunk`.
-    pub fn build<M: LatentClassModel + ?Sized>(model: &M, config: &InferenceConfig) -> Result<Self> {
+    pub fn build<M: LatentClassModel + ?Sized>(
+        model: &M,
+        config: &InferenceConfig,
+    ) -> Result<Self> {
         config.validate()?;
         let latents = draw_candidates(
             config.n_candidates,
@@ -105,11 +113,13 @@ impl CandidateCache {
     ) -> Result<Self> {
         config.validate()?;
         let d = model.latent_dim();
-        let (n, found_d) = latents.dims2().map_err(|_| InferenceError::InvalidArgument {
-            argument: "latents",
-            expected: format!("(n_candidates, {d})"),
-            found: format!("{:?}", latents.dims()),
-        })?;
+        let (n, found_d) = latents
+            .dims2()
+            .map_err(|_| InferenceError::InvalidArgument {
+                argument: "latents",
+                expected: format!("(n_candidates, {d})"),
+                found: format!("{:?}", latents.dims()),
+            })?;
         if found_d != d || n == 0 {
             return Err(InferenceError::InvalidArgument {
                 argument: "latents",
@@ -131,19 +141,31 @@ impl CandidateCache {
                 let len = config.decode_chunk.min(n - start);
                 let z = latents.narrow(0, start, len)?;
                 let rec = decode_checked(model, class, &z)?;
-                chunks.push(rec.reshape((len, n_pixels))?);
+                // Detached: a model whose eval-mode layers read `Var`s (e.g. BatchNorm running
+                // statistics) would otherwise keep every intermediate of every chunk alive.
+                chunks.push(rec.reshape((len, n_pixels))?.detach());
                 if let Some(p) = prior_checked(model, class, &z)? {
-                    priors.push(p);
+                    priors.push(p.detach());
                 }
                 start += len;
             }
             let class_images = Tensor::cat(&chunks, 0)?.contiguous()?;
-            let prior = if priors.is_empty() { kl.clone() } else { Tensor::cat(&priors, 0)? };
+            let prior = if priors.is_empty() {
+                kl.clone()
+            } else {
+                Tensor::cat(&priors, 0)?
+            };
             sq_norms.push(class_images.sqr()?.sum(1)?.unsqueeze(0)?);
             prior_terms.push(prior.unsqueeze(0)?);
             images.push(class_images);
         }
-        Ok(Self { latents, images, sq_norms, prior_terms, search_chunk: config.search_chunk })
+        Ok(Self {
+            latents,
+            images,
+            sq_norms,
+            prior_terms,
+            search_chunk: config.search_chunk,
+        })
     }
 
     /// The candidate latents, `(N, d)`.
@@ -154,6 +176,16 @@ impl CandidateCache {
     /// Number of candidates N.
     pub fn len(&self) -> usize {
         self.latents.dim(0).unwrap_or(0)
+    }
+
+    /// Number of classes K the pool was decoded for.
+    pub fn n_classes(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Number of pixel values P per decoded candidate.
+    pub fn n_pixels(&self) -> usize {
+        self.images.first().and_then(|t| t.dim(1).ok()).unwrap_or(0)
     }
 
     /// Whether the pool is empty (never, for a built cache).
@@ -174,7 +206,13 @@ impl CandidateCache {
     /// Best candidate per image and class for flattened images `x: (batch, P)`, by
     /// `||x||^2 - 2 x.G_k(z_i) + ||G_k(z_i)||^2 (+ prior_k(z_i) if use_prior)`.
     pub fn search(&self, x: &Tensor, use_prior: bool) -> Result<CandidateChoice> {
-        let (b, p) = x.dims2()?;
+        let Ok((b, p)) = x.dims2() else {
+            return Err(InferenceError::InvalidArgument {
+                argument: "x",
+                expected: "flattened images of shape (batch, n_pixels)".into(),
+                found: format!("{:?}", x.dims()),
+            });
+        };
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let x_sq = x.sqr()?.sum_keepdim(1)?; // (b, 1)
         let n = self.len();
@@ -211,13 +249,24 @@ impl CandidateCache {
         let indices = Tensor::cat(&best_indices, 1)?; // (b, K)
         let losses = Tensor::cat(&best_losses, 1)?;
         let k = self.images.len();
-        let latents = self.latents.index_select(&indices.flatten_all()?, 0)?.reshape((b, k, d))?;
-        Ok(CandidateChoice { indices, losses, latents })
+        let latents = self
+            .latents
+            .index_select(&indices.flatten_all()?, 0)?
+            .reshape((b, k, d))?;
+        Ok(CandidateChoice {
+            indices,
+            losses,
+            latents,
+        })
     }
 }
 
 /// Calls `decode` and checks the `(n, c, h, w)` contract.
-pub(crate) fn decode_checked<M: LatentClassModel + ?Sized>(model: &M, class: usize, z: &Tensor) -> Result<Tensor> {
+pub(crate) fn decode_checked<M: LatentClassModel + ?Sized>(
+    model: &M,
+    class: usize,
+    z: &Tensor,
+) -> Result<Tensor> {
     let n = z.dim(0)?;
     let (c, h, w) = model.image_shape();
     let rec = model.decode(class, z)?;
@@ -241,7 +290,11 @@ pub(crate) fn prior_checked<M: LatentClassModel + ?Sized>(
     match model.prior_term(class, z)? {
         None => Ok(None),
         Some(p) => {
-            let p = if p.dims() == [n, 1] { p.squeeze(D::Minus1)? } else { p };
+            let p = if p.dims() == [n, 1] {
+                p.squeeze(D::Minus1)?
+            } else {
+                p
+            };
             if p.dims() != [n] {
                 return Err(InferenceError::Model {
                     method: "prior_term",

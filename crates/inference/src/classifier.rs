@@ -45,7 +45,12 @@ impl<M: LatentClassModel> AbsClassifier<M> {
     /// Wraps an inference engine; `bounds` is the input range (`Bounds::UNIT` for the paper's
     /// datasets), `seed` the base seed of the inference noise.
     pub fn new(inference: AbsInference<M>, bounds: Bounds, seed: u64) -> Self {
-        Self { inference, bounds, seed, calls: AtomicU64::new(0) }
+        Self {
+            inference,
+            bounds,
+            seed,
+            calls: AtomicU64::new(0),
+        }
     }
 
     /// The inference engine.
@@ -103,7 +108,11 @@ impl<M: LatentClassModel> Differentiable for AbsClassifier<M> {
     /// The adaptive gradient of eq. (8): inference without a graph, then the gradient of
     /// `loss(adaptive_logits(x))` with `z*` fixed. The value is the loss of the adaptive logits,
     /// which at `x` equal the logits inference returned.
-    fn value_and_grad(&self, xs: &Tensor, loss: &LossFn<'_>) -> candle_core::Result<(Tensor, Tensor)> {
+    fn value_and_grad(
+        &self,
+        xs: &Tensor,
+        loss: &LossFn<'_>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let xs = xs.detach();
         let output = self.infer(&xs)?;
         let xs_var = Var::from_tensor(&xs)?;
@@ -112,7 +121,9 @@ impl<M: LatentClassModel> Differentiable for AbsClassifier<M> {
         let grads = value.sum_all()?.backward()?;
         let grad = match grads.get(xs_var.as_tensor()) {
             Some(g) => g.clone(),
-            None => candle_core::bail!("no gradient reached the input: the loss ignores the logits"),
+            None => {
+                candle_core::bail!("no gradient reached the input: the loss ignores the logits")
+            }
         };
         Ok((value.detach(), grad))
     }

@@ -126,13 +126,20 @@ impl InferenceConfig {
     /// ABS as in the reference implementation (`get_ABS` defaults): exact inference of the mean
     /// from the best of 8000 prior candidates, no encoder.
     pub fn abs_reference() -> Self {
-        Self { mode: LatentInference::Exact, use_encoder: false, ..Self::e_abs() }
+        Self {
+            mode: LatentInference::Exact,
+            use_encoder: false,
+            ..Self::e_abs()
+        }
     }
 
     /// The ablations of Section 4.4 without V (A-ABS, D-ABS, AD-ABS): exact inference, encoder
     /// proposal used where the model has an encoder.
     pub fn exact_ablation() -> Self {
-        Self { mode: LatentInference::Exact, ..Self::e_abs() }
+        Self {
+            mode: LatentInference::Exact,
+            ..Self::e_abs()
+        }
     }
 
     /// The V ablations of Section 4.4 (V-ABS, AV-ABS, DV-ABS): variational inference, as E-ABS.
@@ -142,37 +149,63 @@ impl InferenceConfig {
 
     /// Checks every field once, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, reason: String| Err(InferenceError::InvalidConfig { field, reason });
+        let bad = |field: &'static str, reason: String| {
+            Err(InferenceError::InvalidConfig { field, reason })
+        };
         if self.n_candidates == 0 {
             return bad("n_candidates", "must be at least 1, found 0".into());
         }
         if !(0.0..1.0).contains(&self.fraction_to_dismiss) {
-            return bad("fraction_to_dismiss", format!("must lie in [0, 1), found {}", self.fraction_to_dismiss));
+            return bad(
+                "fraction_to_dismiss",
+                format!("must lie in [0, 1), found {}", self.fraction_to_dismiss),
+            );
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return bad("learning_rate", format!("must be finite and > 0, found {}", self.learning_rate));
+            return bad(
+                "learning_rate",
+                format!("must be finite and > 0, found {}", self.learning_rate),
+            );
         }
-        for (field, v) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+        for (field, v) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
             if !(0.0..1.0).contains(&v) {
                 return bad(field, format!("must lie in [0, 1), found {v}"));
             }
         }
         if !(self.adam_eps.is_finite() && self.adam_eps > 0.0) {
-            return bad("adam_eps", format!("must be finite and > 0, found {}", self.adam_eps));
+            return bad(
+                "adam_eps",
+                format!("must be finite and > 0, found {}", self.adam_eps),
+            );
         }
         if let Some(r) = self.latent_radius {
             if !(r.is_finite() && r > 0.0) {
-                return bad("latent_radius", format!("must be finite and > 0 (or None), found {r}"));
+                return bad(
+                    "latent_radius",
+                    format!("must be finite and > 0 (or None), found {r}"),
+                );
             }
         }
         if !(self.kl_beta.is_finite() && self.kl_beta >= 0.0) {
-            return bad("kl_beta", format!("must be finite and >= 0, found {}", self.kl_beta));
+            return bad(
+                "kl_beta",
+                format!("must be finite and >= 0, found {}", self.kl_beta),
+            );
         }
         if !self.initial_log_variance.is_finite() {
-            return bad("initial_log_variance", format!("must be finite, found {}", self.initial_log_variance));
+            return bad(
+                "initial_log_variance",
+                format!("must be finite, found {}", self.initial_log_variance),
+            );
         }
         if !(self.logit_scale.is_finite() && self.logit_scale > 0.0) {
-            return bad("logit_scale", format!("must be finite and > 0, found {}", self.logit_scale));
+            return bad(
+                "logit_scale",
+                format!("must be finite and > 0, found {}", self.logit_scale),
+            );
         }
         if self.decode_chunk == 0 {
             return bad("decode_chunk", "must be at least 1, found 0".into());

@@ -8,7 +8,15 @@
 //!   gradient is the adaptive gradient of eq. (8).
 //! - [`AbsInference::certified_bounds`]: the certified L2 radius of eq. (7) / Appendix A.
 //!
-//! A model plugs in through [`LatentClassModel`] (decoders, prior term, optional encoder).
+//! A model plugs in through [`LatentClassModel`] (decoders, prior term, optional encoder);
+//! [`FrozenAbsModel`] implements it for `eabs-models`' ABS / A-ABS / D-ABS / E-ABS.
+//!
+//! # Performance
+//! The N candidates are decoded once per engine ([`CandidateCache`]); the candidate search per
+//! batch is one matrix product per class. All images and classes of a batch share one Adam state
+//! over a `(batch, K, d)` latent tensor; the backward pass reaches the latents only (model
+//! weights are plain tensors). The optimisation (49 forward + backward passes through K
+//! decoders) dominates: see `benches/inference.rs` for images/s and the share of each stage.
 //!
 //! ```
 //! use candle_core::{Device, Result, Tensor};
@@ -47,6 +55,7 @@ pub mod config;
 mod engine;
 mod error;
 mod model;
+pub mod models_impl;
 
 pub use bound::{certified_radius, quantiles, BoundSummary, CertifiedBounds};
 pub use candidates::{draw_candidates, CandidateCache, CandidateChoice};
@@ -55,3 +64,4 @@ pub use config::{FinalEvaluation, InferenceConfig, LatentInference};
 pub use engine::{AbsInference, InferenceOutput, LatentStart, StageTimings};
 pub use error::{InferenceError, Result};
 pub use model::LatentClassModel;
+pub use models_impl::FrozenAbsModel;

@@ -47,10 +47,61 @@ impl CustomOp1 for LeakyReluOp {
             with_f32(grad_res, "leaky_relu backward: output gradient", |gy| {
                 let mut gx = crate::cpu::out_buffer(x.len());
                 gx.par_chunks_mut(ELEMWISE_CHUNK)
-                    .zip(x.par_chunks(ELEMWISE_CHUNK).zip(gy.par_chunks(ELEMWISE_CHUNK)))
+                    .zip(
+                        x.par_chunks(ELEMWISE_CHUNK)
+                            .zip(gy.par_chunks(ELEMWISE_CHUNK)),
+                    )
                     .for_each(|(gx, (x, gy))| {
                         for ((gx, &x), &gy) in gx.iter_mut().zip(x).zip(gy) {
                             *gx = if x > 0.0 { gy } else { slope * gy };
+                        }
+                    });
+                Ok(gx)
+            })
+        })?;
+        Ok(Some(cpu_tensor(gx, arg.shape())?))
+    }
+}
+
+/// `y = 1 / (1 + exp(-x))`; `dy/dx = y (1 - y)`, computed from the saved output. The decoder's
+/// last layer (Section 4.3). For f32 the formula is stable at both ends: `exp(-x)` overflowing to
+/// infinity gives exactly 0, underflowing gives exactly 1.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SigmoidOp;
+
+impl CustomOp1 for SigmoidOp {
+    fn name(&self) -> &'static str {
+        "eabs-sigmoid"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = dense_f32(storage, layout, "sigmoid: input")?;
+        let mut y = crate::cpu::out_buffer(x.len());
+        y.par_chunks_mut(ELEMWISE_CHUNK)
+            .zip(x.par_chunks(ELEMWISE_CHUNK))
+            .for_each(|(y, x)| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = 1.0 / (1.0 + (-x).exp());
+                }
+            });
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        if !arg.track_op() {
+            return Ok(None);
+        }
+        let gx = with_f32(res, "sigmoid: output", |y| {
+            with_f32(grad_res, "sigmoid backward: output gradient", |gy| {
+                let mut gx = crate::cpu::out_buffer(y.len());
+                gx.par_chunks_mut(ELEMWISE_CHUNK)
+                    .zip(
+                        y.par_chunks(ELEMWISE_CHUNK)
+                            .zip(gy.par_chunks(ELEMWISE_CHUNK)),
+                    )
+                    .for_each(|(gx, (y, gy))| {
+                        for ((gx, &y), &gy) in gx.iter_mut().zip(y).zip(gy) {
+                            *gx = gy * y * (1.0 - y);
                         }
                     });
                 Ok(gx)

@@ -42,7 +42,10 @@ pub(crate) fn moments(x: &[f32], n: usize, c: usize, p: usize) -> (Vec<f32>, Vec
                 }
             }
             let mean = s1 / m;
-            ((shift + mean) as f32, (s2 / m - mean * mean).max(0.0) as f32)
+            (
+                (shift + mean) as f32,
+                (s2 / m - mean * mean).max(0.0) as f32,
+            )
         })
         .unzip()
 }
@@ -94,7 +97,9 @@ impl CustomOp3 for BatchNormOp {
         let gamma = dense_f32(s2, l2, "batch_norm_train: gamma")?;
         let beta = dense_f32(s3, l3, "batch_norm_train: beta")?;
         let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * self.inv_std[ch]).collect();
-        let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - self.mean[ch] * scale[ch]).collect();
+        let shift: Vec<f32> = (0..c)
+            .map(|ch| beta[ch] - self.mean[ch] * scale[ch])
+            .collect();
         let y = per_channel_affine(&x, c, p, &scale, &shift);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -153,17 +158,104 @@ impl CustomOp3 for BatchNormOp {
                     None
                 };
                 let ggamma = if gamma.track_op() {
-                    Some(cpu_tensor(sum_gx.iter().map(|&v| v as f32).collect(), gamma.shape())?)
+                    Some(cpu_tensor(
+                        sum_gx.iter().map(|&v| v as f32).collect(),
+                        gamma.shape(),
+                    )?)
                 } else {
                     None
                 };
                 let gbeta = if beta.track_op() {
-                    Some(cpu_tensor(sum_g.iter().map(|&v| v as f32).collect(), beta.shape())?)
+                    Some(cpu_tensor(
+                        sum_g.iter().map(|&v| v as f32).collect(),
+                        beta.shape(),
+                    )?)
                 } else {
                     None
                 };
                 Ok((gx, ggamma, gbeta))
             })
+        })
+    }
+}
+
+/// `y = x · scale[c] + shift[c]` with a pruned backward: eval-mode BatchNorm folded into one
+/// per-channel affine map. Composed from Candle's broadcast ops, its backward would also reduce
+/// `dL/dy · x` over the whole activation for a `scale` that is a plain tensor; here each
+/// gradient is computed only when its argument is tracked.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChannelAffineOp;
+
+impl CustomOp3 for ChannelAffineOp {
+    fn name(&self) -> &'static str {
+        "eabs-channel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, p) = bn_dims(l1.dims())?;
+        let x = dense_f32(s1, l1, "channel_affine: input")?;
+        let scale = dense_f32(s2, l2, "channel_affine: scale")?;
+        let shift = dense_f32(s3, l3, "channel_affine: shift")?;
+        let y = per_channel_affine(&x, c, p, &scale, &shift);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, p) = bn_dims(x.dims())?;
+        with_f32(gy, "channel_affine backward: output gradient", |gys| {
+            let gx = if x.track_op() {
+                let s = with_f32(scale, "channel_affine: scale", |s| Ok(s.to_vec()))?;
+                Some(cpu_tensor(
+                    per_channel_affine(gys, c, p, &s, &vec![0.0; c]),
+                    x.shape(),
+                )?)
+            } else {
+                None
+            };
+            let gscale = if scale.track_op() {
+                let v = with_f32(x, "channel_affine: input", |xs| {
+                    Ok((0..c)
+                        .into_par_iter()
+                        .map(|ch| {
+                            let mut acc = 0.0f64;
+                            for b in 0..n {
+                                let r = (b * c + ch) * p..(b * c + ch + 1) * p;
+                                for (&g, &v) in gys[r.clone()].iter().zip(&xs[r]) {
+                                    acc += g as f64 * v as f64;
+                                }
+                            }
+                            acc as f32
+                        })
+                        .collect::<Vec<f32>>())
+                })?;
+                Some(cpu_tensor(v, scale.shape())?)
+            } else {
+                None
+            };
+            let gshift = if shift.track_op() {
+                Some(cpu_tensor(
+                    crate::cpu::channel_sum(gys, n, c, p),
+                    shift.shape(),
+                )?)
+            } else {
+                None
+            };
+            Ok((gx, gscale, gshift))
         })
     }
 }

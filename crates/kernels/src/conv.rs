@@ -84,7 +84,8 @@ pub(crate) fn conv_transpose2d_geom(
         bail!("{OP}: output_padding: expected less than the stride {stride}, found {out_pad}");
     }
     // Output side (h - 1) * stride - 2 * padding + k + output_padding, which must be positive.
-    let side = |len: usize, k: usize| ((len - 1) * stride + k + out_pad) as isize - 2 * pad as isize;
+    let side =
+        |len: usize, k: usize| ((len - 1) * stride + k + out_pad) as isize - 2 * pad as isize;
     let (h_out, w_out) = (side(h, kh), side(wd, kw));
     if h_out < 1 || w_out < 1 {
         bail!("{OP}: padding: {pad} leaves an empty output ({h_out}, {w_out}) for input ({h}, {wd}) and kernel ({kh}, {kw})");
@@ -102,6 +103,24 @@ pub(crate) fn conv_transpose2d_geom(
         stride,
         pad,
     })
+}
+
+/// Which gradients a backward pass computes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Need {
+    pub input: bool,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+/// `(dL/dx, dL/dw, dL/db)`, each present when asked for.
+pub(crate) type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+fn check_grad_shape(op: &str, got: &[usize], want: [usize; 4]) -> Result<()> {
+    if got != want {
+        bail!("{op} backward: output gradient: expected shape {want:?} (the forward output), found {got:?}");
+    }
+    Ok(())
 }
 
 fn check_bias(op: &str, bias: &[usize], channels: usize) -> Result<()> {
@@ -136,37 +155,40 @@ impl Conv2dOp {
             None => None,
         };
         let y = cpu::small_from_big(&g, &xs, &ws, bs.as_deref());
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c_small, g.h_small, g.w_small))))
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((g.n, g.c_small, g.h_small, g.w_small)),
+        ))
     }
 
-    fn backward(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    /// The gradients asked for by `need`, given `gy = dL/dy`.
+    pub(crate) fn grads(&self, x: &Tensor, w: &Tensor, gy: &Tensor, need: Need) -> Result<Grads> {
         let g = conv2d_geom(x.dims(), w.dims(), self.stride, self.pad)?;
+        check_grad_shape("conv2d", gy.dims(), [g.n, g.c_small, g.h_small, g.w_small])?;
         with_f32(gy, "conv2d backward: output gradient", |gys| {
             // dL/dx: a transposed convolution of dL/dy with the same weight, onto x's grid.
-            let gx = if x.track_op() {
-                let v = with_f32(w, "conv2d: weight", |ws| Ok(cpu::big_from_small(&g, gys, ws, None)))?;
+            let gx = if need.input {
+                let v = with_f32(w, "conv2d: weight", |ws| {
+                    Ok(cpu::big_from_small(&g, gys, ws, None))
+                })?;
                 Some(cpu_tensor(v, x.shape())?)
             } else {
                 None
             };
             // dL/dw = Σ_b dL/dy_b · im2col(x_b)ᵀ.
-            let gw = if w.track_op() {
+            let gw = if need.weight {
                 let v = with_f32(x, "conv2d: input", |xs| Ok(cpu::weight_grad(&g, xs, gys)))?;
                 Some(cpu_tensor(v, w.shape())?)
             } else {
                 None
             };
-            let gb = match b {
-                Some(b) if b.track_op() => {
-                    Some(cpu_tensor(cpu::channel_sum(gys, g.n, g.c_small, g.p_small()), b.shape())?)
-                }
-                _ => None,
+            let gb = if need.bias {
+                Some(cpu_tensor(
+                    cpu::channel_sum(gys, g.n, g.c_small, g.p_small()),
+                    g.c_small,
+                )?)
+            } else {
+                None
             };
             Ok((gx, gw, gb))
         })
@@ -178,12 +200,29 @@ impl CustomOp2 for Conv2dOp {
         "eabs-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.fwd((s1, l1), (s2, l2), None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, gy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, _) = self.backward(x, w, None, gy)?;
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let need = Need {
+            input: x.track_op(),
+            weight: w.track_op(),
+            bias: false,
+        };
+        let (gx, gw, _) = self.grads(x, w, gy, need)?;
         Ok((gx, gw))
     }
 }
@@ -213,7 +252,12 @@ impl CustomOp3 for Conv2dOp {
         _res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.backward(x, w, Some(b), gy)
+        let need = Need {
+            input: x.track_op(),
+            weight: w.track_op(),
+            bias: b.track_op(),
+        };
+        self.grads(x, w, gy, need)
     }
 }
 
@@ -247,20 +291,23 @@ impl ConvTranspose2dOp {
             None => None,
         };
         let y = cpu::big_from_small(&g, &xs, &ws, bs.as_deref());
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c_big, g.h_big, g.w_big))))
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((g.n, g.c_big, g.h_big, g.w_big)),
+        ))
     }
 
-    fn backward(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    /// The gradients asked for by `need`, given `gy = dL/dy`.
+    pub(crate) fn grads(&self, x: &Tensor, w: &Tensor, gy: &Tensor, need: Need) -> Result<Grads> {
         let g = self.geom(x.dims(), w.dims())?;
+        check_grad_shape(
+            "conv_transpose2d",
+            gy.dims(),
+            [g.n, g.c_big, g.h_big, g.w_big],
+        )?;
         with_f32(gy, "conv_transpose2d backward: output gradient", |gys| {
             // dL/dx: a plain convolution of dL/dy with the same weight, back onto x's grid.
-            let gx = if x.track_op() {
+            let gx = if need.input {
                 let v = with_f32(w, "conv_transpose2d: weight", |ws| {
                     Ok(cpu::small_from_big(&g, gys, ws, None))
                 })?;
@@ -269,18 +316,21 @@ impl ConvTranspose2dOp {
                 None
             };
             // dL/dw = Σ_b x_b · im2col(dL/dy_b)ᵀ.
-            let gw = if w.track_op() {
-                let v = with_f32(x, "conv_transpose2d: input", |xs| Ok(cpu::weight_grad(&g, gys, xs)))?;
+            let gw = if need.weight {
+                let v = with_f32(x, "conv_transpose2d: input", |xs| {
+                    Ok(cpu::weight_grad(&g, gys, xs))
+                })?;
                 Some(cpu_tensor(v, w.shape())?)
             } else {
                 None
             };
-            let gb = match b {
-                Some(b) if b.track_op() => Some(cpu_tensor(
+            let gb = if need.bias {
+                Some(cpu_tensor(
                     cpu::channel_sum(gys, g.n, g.c_big, g.h_big * g.w_big),
-                    b.shape(),
-                )?),
-                _ => None,
+                    g.c_big,
+                )?)
+            } else {
+                None
             };
             Ok((gx, gw, gb))
         })
@@ -292,12 +342,29 @@ impl CustomOp2 for ConvTranspose2dOp {
         "eabs-conv-transpose2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.fwd((s1, l1), (s2, l2), None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, gy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, _) = self.backward(x, w, None, gy)?;
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let need = Need {
+            input: x.track_op(),
+            weight: w.track_op(),
+            bias: false,
+        };
+        let (gx, gw, _) = self.grads(x, w, gy, need)?;
         Ok((gx, gw))
     }
 }
@@ -327,6 +394,11 @@ impl CustomOp3 for ConvTranspose2dOp {
         _res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.backward(x, w, Some(b), gy)
+        let need = Need {
+            input: x.track_op(),
+            weight: w.track_op(),
+            bias: b.track_op(),
+        };
+        self.grads(x, w, gy, need)
     }
 }

@@ -22,10 +22,22 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Target size of one chunk's `cols` buffer, in f32 elements (4 MiB). Large enough that the GEMM's
-/// `N` is in the thousands, small enough that im2col's output is still in cache when the GEMM
-/// reads it.
+/// Default target size of one chunk's `cols` buffer, in f32 elements (4 MiB). Large enough that
+/// the GEMM's `N` is in the thousands, small enough that im2col's output is still in cache when
+/// the GEMM reads it. Overridden by the environment variable `EABS_KERNELS_COLS_BUDGET` (read
+/// once), for tuning on other machines.
 pub(crate) const COLS_BUDGET: usize = 1 << 20;
+
+fn cols_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::env::var("EABS_KERNELS_COLS_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &usize| v > 0)
+            .unwrap_or(COLS_BUDGET)
+    })
+}
 
 /// Geometry of one convolution, seen in the `conv2d` direction (big grid -> small grid).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +70,12 @@ impl ConvGeom {
     /// Every dimension except the batch is at least one (the public API checks this), so chunk
     /// lengths are never zero.
     pub fn is_nonempty(&self) -> bool {
-        self.c_big * self.h_big * self.w_big * self.c_small * self.h_small * self.w_small
+        self.c_big
+            * self.h_big
+            * self.w_big
+            * self.c_small
+            * self.h_small
+            * self.w_small
             * self.kh
             * self.kw
             * self.stride
@@ -80,16 +97,14 @@ impl ConvGeom {
     pub fn k_cols(&self) -> usize {
         self.c_big * self.kh * self.kw
     }
-    /// Multiply-adds of one forward pass over the whole batch, times two (FLOPs).
-    pub fn flops(&self) -> f64 {
-        2.0 * self.n as f64 * self.c_small as f64 * self.p_small() as f64 * self.k_cols() as f64
-    }
 
     /// Images per chunk: `cols` within [`COLS_BUDGET`], and at least one chunk per thread when
     /// the batch allows it.
     fn chunk_images(&self, threads: usize) -> usize {
-        let per_image = (self.k_cols() * self.p_small()).max(self.small_len()).max(1);
-        let by_mem = (COLS_BUDGET / per_image).max(1);
+        let per_image = (self.k_cols() * self.p_small())
+            .max(self.small_len())
+            .max(1);
+        let by_mem = (cols_budget() / per_image).max(1);
         let by_threads = self.n.div_ceil(threads.max(1)).max(1);
         by_mem.min(by_threads).min(self.n.max(1))
     }
@@ -109,9 +124,23 @@ pub(crate) fn out_buffer(len: usize) -> Vec<f32> {
 /// Range `lo..hi` of small-grid positions `o` whose big-grid position `o * stride + tap - pad`
 /// lies inside `0..big_len`.
 #[inline]
-fn valid_range(small_len: usize, big_len: usize, stride: usize, pad: usize, tap: usize) -> (usize, usize) {
-    let lo = if pad > tap { (pad - tap).div_ceil(stride) } else { 0 };
-    let hi = if big_len + pad > tap { (big_len + pad - tap).div_ceil(stride) } else { 0 };
+fn valid_range(
+    small_len: usize,
+    big_len: usize,
+    stride: usize,
+    pad: usize,
+    tap: usize,
+) -> (usize, usize) {
+    let lo = if pad > tap {
+        (pad - tap).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = if big_len + pad > tap {
+        (big_len + pad - tap).div_ceil(stride)
+    } else {
+        0
+    };
     let hi = hi.min(small_len);
     (lo.min(hi), hi)
 }
@@ -219,8 +248,16 @@ fn sgemm(
     }
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
     // (cs, rs): column and row strides of each operand as the GEMM reads it.
-    let (lhs_cs, lhs_rs) = if lhs_t { (m as isize, 1) } else { (1, k as isize) };
-    let (rhs_cs, rhs_rs) = if rhs_t { (k as isize, 1) } else { (1, n as isize) };
+    let (lhs_cs, lhs_rs) = if lhs_t {
+        (m as isize, 1)
+    } else {
+        (1, k as isize)
+    };
+    let (rhs_cs, rhs_rs) = if rhs_t {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
     // SAFETY: the asserts above bound every index the strides can reach: lhs is m*k, rhs is
     // k*n and dst is m*n elements, each laid out densely (row-major or its transpose).
     unsafe {
@@ -262,7 +299,12 @@ fn plan(g: &ConvGeom) -> (usize, Parallelism) {
 
 /// `conv2d` forward in our geometry: `small = W · im2col(big) + bias`, with `w: (c_small, c_big,
 /// kh, kw)`, `big: (n, c_big, h_big, w_big)`, result `(n, c_small, h_small, w_small)`.
-pub(crate) fn small_from_big(g: &ConvGeom, big: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn small_from_big(
+    g: &ConvGeom,
+    big: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     debug_assert!(g.is_nonempty());
     let mut out = out_buffer(g.n * g.small_len());
     if g.n == 0 {
@@ -274,9 +316,9 @@ pub(crate) fn small_from_big(g: &ConvGeom, big: &[f32], w: &[f32], bias: Option<
     let run = |(big_c, out_c): (&[f32], &mut [f32])| {
         let nb = out_c.len() / g.small_len();
         let n_cols = nb * p;
-        let mut cols = vec![0.0f32; k * n_cols];
+        let mut cols = out_buffer(k * n_cols);
         im2col(g, big_c, nb, &mut cols);
-        let mut tmp = vec![0.0f32; g.c_small * n_cols];
+        let mut tmp = out_buffer(g.c_small * n_cols);
         sgemm(g.c_small, n_cols, k, &mut tmp, w, false, &cols, false, par);
         // (c_small, nb * p) -> (nb, c_small, p), adding the bias.
         for b in 0..nb {
@@ -301,7 +343,9 @@ pub(crate) fn small_from_big(g: &ConvGeom, big: &[f32], w: &[f32], bias: Option<
             .zip(out.par_chunks_mut(out_chunk))
             .for_each(run);
     } else {
-        big.chunks(big_chunk).zip(out.chunks_mut(out_chunk)).for_each(run);
+        big.chunks(big_chunk)
+            .zip(out.chunks_mut(out_chunk))
+            .for_each(run);
     }
     out
 }
@@ -309,7 +353,12 @@ pub(crate) fn small_from_big(g: &ConvGeom, big: &[f32], w: &[f32], bias: Option<
 /// `conv_transpose2d` forward in our geometry: `big = col2im(Wᵀ · small) + bias`, with `w:
 /// (c_small, c_big, kh, kw)`, `small: (n, c_small, h_small, w_small)`, result `(n, c_big, h_big,
 /// w_big)`.
-pub(crate) fn big_from_small(g: &ConvGeom, small: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn big_from_small(
+    g: &ConvGeom,
+    small: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     debug_assert!(g.is_nonempty());
     let mut out = out_buffer(g.n * g.big_len());
     if g.n == 0 {
@@ -322,14 +371,15 @@ pub(crate) fn big_from_small(g: &ConvGeom, small: &[f32], w: &[f32], bias: Optio
         let nb = out_c.len() / g.big_len();
         let n_cols = nb * p;
         // (nb, c_small, p) -> (c_small, nb * p): the batch joins the GEMM's N.
-        let mut xs = vec![0.0f32; g.c_small * n_cols];
+        let mut xs = out_buffer(g.c_small * n_cols);
         for b in 0..nb {
             for c in 0..g.c_small {
-                xs[c * n_cols + b * p..c * n_cols + (b + 1) * p]
-                    .copy_from_slice(&small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p]);
+                xs[c * n_cols + b * p..c * n_cols + (b + 1) * p].copy_from_slice(
+                    &small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p],
+                );
             }
         }
-        let mut cols = vec![0.0f32; k * n_cols];
+        let mut cols = out_buffer(k * n_cols);
         sgemm(k, n_cols, g.c_small, &mut cols, w, true, &xs, false, par);
         col2im(g, &cols, nb, out_c, bias);
     };
@@ -341,7 +391,10 @@ pub(crate) fn big_from_small(g: &ConvGeom, small: &[f32], w: &[f32], bias: Optio
             .zip(out.par_chunks_mut(out_chunk))
             .for_each(run);
     } else {
-        small.chunks(small_chunk).zip(out.chunks_mut(out_chunk)).for_each(run);
+        small
+            .chunks(small_chunk)
+            .zip(out.chunks_mut(out_chunk))
+            .for_each(run);
     }
     out
 }
@@ -361,13 +414,14 @@ pub(crate) fn weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> 
     let run = |(big_c, small_c): (&[f32], &[f32])| -> Vec<f32> {
         let nb = small_c.len() / g.small_len();
         let n_cols = nb * p;
-        let mut cols = vec![0.0f32; k * n_cols];
+        let mut cols = out_buffer(k * n_cols);
         im2col(g, big_c, nb, &mut cols);
-        let mut ys = vec![0.0f32; g.c_small * n_cols];
+        let mut ys = out_buffer(g.c_small * n_cols);
         for b in 0..nb {
             for c in 0..g.c_small {
-                ys[c * n_cols + b * p..c * n_cols + (b + 1) * p]
-                    .copy_from_slice(&small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p]);
+                ys[c * n_cols + b * p..c * n_cols + (b + 1) * p].copy_from_slice(
+                    &small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p],
+                );
             }
         }
         let mut gw = out_buffer(len);
@@ -388,7 +442,10 @@ pub(crate) fn weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> 
             .map(run)
             .reduce_with(add)
     } else {
-        big.chunks(big_chunk).zip(small.chunks(small_chunk)).map(run).reduce(add)
+        big.chunks(big_chunk)
+            .zip(small.chunks(small_chunk))
+            .map(run)
+            .reduce(add)
     };
     partial.unwrap_or_else(|| vec![0.0; len])
 }
@@ -427,7 +484,10 @@ mod tests {
                                 })
                                 .collect();
                             let got: Vec<usize> = (lo..hi).collect();
-                            assert_eq!(got, want, "small {small} big {big} s {stride} p {pad} t {tap}");
+                            assert_eq!(
+                                got, want,
+                                "small {small} big {big} s {stride} p {pad} t {tap}"
+                            );
                         }
                     }
                 }
@@ -451,7 +511,7 @@ mod tests {
             pad: 0,
         };
         let c = g.chunk_images(2);
-        assert!(c >= 1 && c * g.k_cols() * g.p_small() <= COLS_BUDGET);
+        assert!(c >= 1 && c * g.k_cols() * g.p_small() <= cols_budget());
         let g1 = ConvGeom { n: 3, ..g };
         assert_eq!(g1.chunk_images(2), 2);
         assert_eq!(g1.chunk_images(1), 3);

@@ -57,14 +57,21 @@ fn gather(data: &[f32], layout: &Layout) -> Vec<f32> {
 }
 
 /// Runs `f` on the dense f32 data of a CPU tensor (used in `bwd`, where we hold tensors).
-pub(crate) fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_f32<R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[f32]) -> Result<R>,
+) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(cpu) => {
             let data = dense_f32(cpu, layout, what)?;
             f(&data)
         }
-        _ => bail!("{what}: expected a cpu tensor, found one on {:?}", t.device().location()),
+        _ => bail!(
+            "{what}: expected a cpu tensor, found one on {:?}",
+            t.device().location()
+        ),
     }
 }
 
@@ -96,7 +103,12 @@ mod tests {
     #[test]
     fn rejects_other_dtypes_by_name() {
         let t = Tensor::zeros((2, 2), candle_core::DType::F64, &Device::Cpu).unwrap();
-        let err = with_f32(&t, "conv2d: input", |_| Ok(())).unwrap_err().to_string();
-        assert!(err.contains("conv2d: input") && err.contains("F64"), "{err}");
+        let err = with_f32(&t, "conv2d: input", |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("conv2d: input") && err.contains("F64"),
+            "{err}"
+        );
     }
 }

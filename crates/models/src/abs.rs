@@ -21,7 +21,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ModelConfig, ModelKind, Variant};
 use crate::layers::DropoutRng;
-use crate::loss::{abs_objective, costs_per_class, kl_to_standard_normal, reconstruction_cost, reparameterise, LossParts};
+use crate::loss::{
+    abs_objective, costs_per_class, kl_to_standard_normal, reconstruction_cost, reparameterise,
+    LossParts,
+};
 use crate::modules::{Decoder, Discriminator, Encoder};
 use crate::params::{derive_seed, randn, ParamStore, Stream};
 
@@ -51,7 +54,10 @@ impl AbsModel {
     pub fn new(config: &ModelConfig, seed: u64, device: &Device) -> crate::Result<Self> {
         config.validate()?;
         let ModelKind::Abs(variant) = config.kind else {
-            return Err(crate::Error::InvalidConfig(format!("AbsModel::new called with model kind {}", config.kind.name())));
+            return Err(crate::Error::InvalidConfig(format!(
+                "AbsModel::new called with model kind {}",
+                config.kind.name()
+            )));
         };
         let a = &config.arch;
         let k = a.n_classes;
@@ -60,15 +66,29 @@ impl AbsModel {
         let encoders = if variant.shared_encoder() {
             vec![Encoder::new(a, &mut store, "encoder", true, &rng)?]
         } else {
-            (0..k).map(|i| Encoder::new(a, &mut store, &format!("encoders.{i}"), true, &rng)).collect::<Result<_>>()?
+            (0..k)
+                .map(|i| Encoder::new(a, &mut store, &format!("encoders.{i}"), true, &rng))
+                .collect::<Result<_>>()?
         };
-        let decoders = (0..k).map(|i| Decoder::new(a, &mut store, &format!("decoders.{i}"), &rng)).collect::<Result<_>>()?;
+        let decoders = (0..k)
+            .map(|i| Decoder::new(a, &mut store, &format!("decoders.{i}"), &rng))
+            .collect::<Result<_>>()?;
         let discriminators = match variant.n_discriminators(k) {
             0 => Vec::new(),
             1 => vec![Discriminator::new(a, &mut store, "discriminator")?],
-            n => (0..n).map(|i| Discriminator::new(a, &mut store, &format!("discriminators.{i}"))).collect::<Result<_>>()?,
+            n => (0..n)
+                .map(|i| Discriminator::new(a, &mut store, &format!("discriminators.{i}")))
+                .collect::<Result<_>>()?,
         };
-        Ok(Self { config: config.clone(), variant, store, rng, encoders, decoders, discriminators })
+        Ok(Self {
+            config: config.clone(),
+            variant,
+            store,
+            rng,
+            encoders,
+            decoders,
+            discriminators,
+        })
     }
 
     /// The configuration.
@@ -111,17 +131,37 @@ impl AbsModel {
         &self.discriminators
     }
 
-    /// The encoder that proposes latents for class `k`.
+    /// The encoder that proposes latents for class `k` (the shared one for D variants).
+    ///
+    /// # Panics
+    /// If `k >= n_classes()`, like indexing [`AbsModel::decoders`].
     pub fn encoder_for(&self, k: usize) -> &Encoder {
-        &self.encoders[if self.encoders.len() == 1 { 0 } else { k.min(self.encoders.len() - 1) }]
+        assert!(
+            k < self.n_classes(),
+            "class {k} out of range: the model has {} classes",
+            self.n_classes()
+        );
+        if self.encoders.len() == 1 {
+            &self.encoders[0]
+        } else {
+            &self.encoders[k]
+        }
     }
 
     /// The discriminator that scores latents of class `k` (`None` for VAE variants).
+    ///
+    /// # Panics
+    /// If `k >= n_classes()`, like indexing [`AbsModel::decoders`].
     pub fn discriminator_for(&self, k: usize) -> Option<&Discriminator> {
+        assert!(
+            k < self.n_classes(),
+            "class {k} out of range: the model has {} classes",
+            self.n_classes()
+        );
         match self.discriminators.len() {
             0 => None,
             1 => self.discriminators.first(),
-            n => self.discriminators.get(k.min(n - 1)),
+            _ => self.discriminators.get(k),
         }
     }
 
@@ -130,12 +170,22 @@ impl AbsModel {
         Self {
             encoders: self.encoders.iter().map(Encoder::frozen).collect(),
             decoders: self.decoders.iter().map(Decoder::frozen).collect(),
-            discriminators: self.discriminators.iter().map(Discriminator::frozen).collect(),
+            discriminators: self
+                .discriminators
+                .iter()
+                .map(Discriminator::frozen)
+                .collect(),
             ..self.clone()
         }
     }
 
-    fn prior_term(&self, disc: usize, mean: &Tensor, logvar: &Tensor, z: &Tensor) -> Result<Tensor> {
+    fn prior_term(
+        &self,
+        disc: usize,
+        mean: &Tensor,
+        logvar: &Tensor,
+        z: &Tensor,
+    ) -> Result<Tensor> {
         if self.variant.adversarial {
             self.discriminators[disc].log_d(z)?.neg()
         } else {
@@ -148,7 +198,12 @@ impl AbsModel {
     ///
     /// Shared encoder (D variants): eq. (5) with every decoder applied to every latent. Without
     /// D: the class-wise ELBO / AAE objective, summed over classes and divided by the batch size.
-    pub fn training_loss(&self, xs: &Tensor, labels: &Tensor, rng: &mut ChaCha8Rng) -> Result<(LossParts, Vec<EncodedLatents>)> {
+    pub fn training_loss(
+        &self,
+        xs: &Tensor,
+        labels: &Tensor,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(LossParts, Vec<EncodedLatents>)> {
         let cfg = &self.config;
         let b = xs.dim(0)?;
         let m = cfg.arch.latent_dim;
@@ -157,11 +212,22 @@ impl AbsModel {
             let (mean, logvar) = self.encoders[0].forward(xs, true)?;
             let eps = randn(rng, &[b, m], dev)?;
             let z = reparameterise(&mean, &logvar, &eps)?;
-            let recons = self.decoders.iter().map(|d| d.forward(&z, true)).collect::<Result<Vec<_>>>()?;
+            let recons = self
+                .decoders
+                .iter()
+                .map(|d| d.forward(&z, true))
+                .collect::<Result<Vec<_>>>()?;
             let costs = costs_per_class(xs, &recons)?;
             let prior = self.prior_term(0, &mean, &logvar, &z)?;
             let parts = abs_objective(&costs, labels, &prior, cfg.beta, cfg.gamma)?;
-            let lat = if self.variant.adversarial { vec![EncodedLatents { discriminator: 0, latents: z.detach() }] } else { Vec::new() };
+            let lat = if self.variant.adversarial {
+                vec![EncodedLatents {
+                    discriminator: 0,
+                    latents: z.detach(),
+                }]
+            } else {
+                Vec::new()
+            };
             return Ok((parts, lat));
         }
         let labels_v = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
@@ -169,13 +235,21 @@ impl AbsModel {
         let mut prior_sum = Tensor::zeros((), DType::F32, dev)?;
         let mut lat = Vec::new();
         for k in 0..self.n_classes() {
-            let members: Vec<u32> = labels_v.iter().enumerate().filter(|(_, &y)| y as usize == k).map(|(i, _)| i as u32).collect();
+            let members: Vec<u32> = labels_v
+                .iter()
+                .enumerate()
+                .filter(|(_, &y)| y as usize == k)
+                .map(|(i, _)| i as u32)
+                .collect();
             if self.variant.adversarial {
                 // Encoder k sees the whole batch; its discriminator gets every latent.
                 let (mean, logvar) = self.encoders[k].forward(xs, true)?;
                 let eps = randn(rng, &[b, m], dev)?;
                 let z_all = reparameterise(&mean, &logvar, &eps)?;
-                lat.push(EncodedLatents { discriminator: k, latents: z_all.detach() });
+                lat.push(EncodedLatents {
+                    discriminator: k,
+                    latents: z_all.detach(),
+                });
                 if members.len() < 2 {
                     continue;
                 }
@@ -205,12 +279,25 @@ impl AbsModel {
         let prior = (prior_sum / b as f64)?;
         let total = (&rec + (&prior * cfg.beta)?)?;
         let zero = Tensor::zeros((), DType::F32, dev)?;
-        Ok((LossParts { total, reconstruction: rec, prior, discriminative: zero }, lat))
+        Ok((
+            LossParts {
+                total,
+                reconstruction: rec,
+                prior,
+                discriminative: zero,
+            },
+            lat,
+        ))
     }
 
     /// Discriminator loss of Algorithm 1 summed over discriminators, each against the same prior
     /// samples `z~ ~ N(0, I)` (`n_prior` of them, drawn from `rng`). `None` for VAE variants.
-    pub fn discriminator_loss(&self, latents: &[EncodedLatents], n_prior: usize, rng: &mut ChaCha8Rng) -> Result<Option<Tensor>> {
+    pub fn discriminator_loss(
+        &self,
+        latents: &[EncodedLatents],
+        n_prior: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Option<Tensor>> {
         if self.discriminators.is_empty() || latents.is_empty() {
             return Ok(None);
         }
@@ -219,7 +306,11 @@ impl AbsModel {
         let mut total: Option<Tensor> = None;
         for l in latents {
             let d = &self.discriminators[l.discriminator];
-            let loss = crate::loss::discriminator_loss(&d.logit(&prior)?, &d.logit(&l.latents)?, self.config.beta)?;
+            let loss = crate::loss::discriminator_loss(
+                &d.logit(&prior)?,
+                &d.logit(&l.latents)?,
+                self.config.beta,
+            )?;
             total = Some(match total {
                 None => loss,
                 Some(t) => (t + loss)?,
@@ -232,7 +323,11 @@ impl AbsModel {
     /// `c(x, G_k(mean_k(x)))` for every class, evaluation mode, `(b, K)`, where `mean_k` is the
     /// mean proposed by the encoder of class `k`. The proxy prediction is the argmin over k.
     pub fn proxy_costs(&self, xs: &Tensor) -> Result<Tensor> {
-        let shared = if self.encoders.len() == 1 { Some(self.encoders[0].forward_mean(xs, false)?) } else { None };
+        let shared = if self.encoders.len() == 1 {
+            Some(self.encoders[0].forward_mean(xs, false)?)
+        } else {
+            None
+        };
         let mut recons = Vec::with_capacity(self.n_classes());
         for (k, d) in self.decoders.iter().enumerate() {
             let z = match &shared {

@@ -15,6 +15,10 @@ use crate::params::{derive_seed, ParamStore, Stream};
 
 /// CNN classifier: `encoder.*` (conv body + mean head) and `classifier.*`.
 ///
+/// Implements `eabs_core::Classifier` (evaluation-mode logits) and `Differentiable` (autodiff).
+/// Give attacks [`Cnn::frozen`]: with detached weights the backward pass computes the input
+/// gradient only.
+///
 /// # Shapes
 /// `(b, c, h, w) -> (b, K)` logits.
 #[derive(Debug, Clone)]
@@ -33,19 +37,29 @@ impl Cnn {
     pub fn new(config: &ModelConfig, seed: u64, device: &Device) -> crate::Result<Self> {
         config.validate()?;
         if !matches!(config.kind, ModelKind::Cnn | ModelKind::AdvCnn(_)) {
-            return Err(crate::Error::InvalidConfig(format!("Cnn::new called with model kind {}", config.kind.name())));
+            return Err(crate::Error::InvalidConfig(format!(
+                "Cnn::new called with model kind {}",
+                config.kind.name()
+            )));
         }
         let a = &config.arch;
         let mut store = ParamStore::new(seed, device);
         let rng = DropoutRng::new(derive_seed(seed, Stream::Step, u64::MAX, 0));
         let encoder = Encoder::new(a, &mut store, "encoder", false, &rng)?;
         let classifier = Linear::new(&mut store, "classifier", a.latent_dim, a.n_classes)?;
-        Ok(Self { config: config.clone(), store, rng, encoder, classifier })
+        Ok(Self {
+            config: config.clone(),
+            store,
+            rng,
+            encoder,
+            classifier,
+        })
     }
 
     /// Logits; `train` turns on dropout and batch-statistics BatchNorm.
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.classifier.forward(&self.encoder.forward_mean(xs, train)?)
+        self.classifier
+            .forward(&self.encoder.forward_mean(xs, train)?)
     }
 
     /// The configuration.
@@ -66,14 +80,21 @@ impl Cnn {
     /// A copy whose layers hold detached tensors (sharing storage): gradients then reach only
     /// the input, which is what attacks need.
     pub fn frozen(&self) -> Self {
-        Self { encoder: self.encoder.frozen(), classifier: self.classifier.frozen(), ..self.clone() }
+        Self {
+            encoder: self.encoder.frozen(),
+            classifier: self.classifier.frozen(),
+            ..self.clone()
+        }
     }
 
     /// Relabels the model kind (a trained CNN becomes the starting point of an adversarially
     /// trained one; the tensors are identical).
     pub fn set_kind(&mut self, kind: ModelKind) -> crate::Result<()> {
         if !matches!(kind, ModelKind::Cnn | ModelKind::AdvCnn(_)) {
-            return Err(crate::Error::InvalidConfig(format!("a CNN cannot become a {}", kind.name())));
+            return Err(crate::Error::InvalidConfig(format!(
+                "a CNN cannot become a {}",
+                kind.name()
+            )));
         }
         self.config.kind = kind;
         Ok(())

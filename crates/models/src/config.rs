@@ -65,6 +65,18 @@ impl Family {
     }
 }
 
+impl From<eabs_datasets::DatasetKind> for Family {
+    fn from(kind: eabs_datasets::DatasetKind) -> Self {
+        use eabs_datasets::DatasetKind as K;
+        match kind {
+            K::Mnist => Family::Mnist,
+            K::FashionMnist => Family::FashionMnist,
+            K::Svhn => Family::Svhn,
+            K::SuperTraffic10 => Family::SuperTraffic10,
+        }
+    }
+}
+
 /// One convolution (or transposed convolution) row of Table 9.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConvSpec {
@@ -79,7 +91,12 @@ pub struct ConvSpec {
 }
 
 const fn conv(channels: usize, kernel: usize, stride: usize, padding: usize) -> ConvSpec {
-    ConvSpec { channels, kernel, stride, padding }
+    ConvSpec {
+        channels,
+        kernel,
+        stride,
+        padding,
+    }
 }
 
 /// A full architecture: encoder, decoder, discriminator and the choices the paper leaves open.
@@ -120,7 +137,12 @@ impl ArchConfig {
             image_shape: (1, 28, 28),
             n_classes: 10,
             latent_dim: 10,
-            encoder: vec![conv(16, 5, 2, 2), conv(32, 5, 2, 2), conv(64, 5, 2, 2), conv(64, 4, 1, 1)],
+            encoder: vec![
+                conv(16, 5, 2, 2),
+                conv(32, 5, 2, 2),
+                conv(64, 5, 2, 2),
+                conv(64, 4, 1, 1),
+            ],
             decoder: vec![
                 conv(32, 4, 1, 0),
                 conv(32, 5, 2, 0),
@@ -141,7 +163,12 @@ impl ArchConfig {
             image_shape: (3, 32, 32),
             n_classes: 10,
             latent_dim: 16,
-            encoder: vec![conv(16, 5, 2, 2), conv(32, 5, 2, 2), conv(64, 5, 2, 2), conv(128, 4, 1, 0)],
+            encoder: vec![
+                conv(16, 5, 2, 2),
+                conv(32, 5, 2, 2),
+                conv(64, 5, 2, 2),
+                conv(128, 4, 1, 0),
+            ],
             decoder: vec![
                 conv(64, 4, 1, 0),
                 conv(64, 4, 2, 1),
@@ -162,7 +189,12 @@ impl ArchConfig {
             image_shape: (3, 32, 32),
             n_classes: 10,
             latent_dim: 40,
-            encoder: vec![conv(32, 5, 2, 2), conv(64, 5, 2, 2), conv(128, 5, 2, 2), conv(128, 4, 1, 0)],
+            encoder: vec![
+                conv(32, 5, 2, 2),
+                conv(64, 5, 2, 2),
+                conv(128, 5, 2, 2),
+                conv(128, 4, 1, 0),
+            ],
             decoder: vec![
                 conv(64, 4, 1, 0),
                 conv(64, 4, 2, 1),
@@ -258,23 +290,35 @@ impl ArchConfig {
         let (c, h, w) = self.image_shape;
         let bad = |m: String| Err(Error::InvalidConfig(m));
         if c == 0 || h == 0 || h != w {
-            return bad(format!("image shape {:?}: need square images with channels > 0", self.image_shape));
+            return bad(format!(
+                "image shape {:?}: need square images with channels > 0",
+                self.image_shape
+            ));
         }
         if self.n_classes < 2 || self.latent_dim == 0 {
-            return bad(format!("n_classes = {}, latent_dim = {}: need >= 2 classes and a latent", self.n_classes, self.latent_dim));
+            return bad(format!(
+                "n_classes = {}, latent_dim = {}: need >= 2 classes and a latent",
+                self.n_classes, self.latent_dim
+            ));
         }
         if self.encoder.is_empty() || self.decoder.is_empty() {
             return bad("encoder and decoder need at least one layer".into());
         }
         for (i, s) in self.encoder.iter().chain(&self.decoder).enumerate() {
             if s.channels == 0 || s.kernel == 0 || s.stride == 0 {
-                return bad(format!("layer {i}: channels, kernel and stride must be positive"));
+                return bad(format!(
+                    "layer {i}: channels, kernel and stride must be positive"
+                ));
             }
         }
         let mut side = h;
         for (i, s) in self.encoder.iter().enumerate() {
             if side + 2 * s.padding < s.kernel {
-                return bad(format!("encoder layer {i}: kernel {} larger than padded input {}", s.kernel, side + 2 * s.padding));
+                return bad(format!(
+                    "encoder layer {i}: kernel {} larger than padded input {}",
+                    s.kernel,
+                    side + 2 * s.padding
+                ));
             }
             side = (side + 2 * s.padding - s.kernel) / s.stride + 1;
         }
@@ -282,21 +326,31 @@ impl ArchConfig {
         for (i, s) in self.decoder.iter().enumerate() {
             let full = (side - 1) * s.stride + s.kernel;
             if full <= 2 * s.padding {
-                return bad(format!("decoder layer {i}: padding {} removes the whole output", s.padding));
+                return bad(format!(
+                    "decoder layer {i}: padding {} removes the whole output",
+                    s.padding
+                ));
             }
             side = full - 2 * s.padding;
         }
         let last = self.decoder.last().map_or(0, |s| s.channels);
         if (last, side, side) != (c, h, w) {
-            return bad(format!("decoder ends at {:?}, image shape is {:?}", (last, side, side), self.image_shape));
+            return bad(format!(
+                "decoder ends at {:?}, image shape is {:?}",
+                (last, side, side),
+                self.image_shape
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} outside [0, 1)", self.dropout));
         }
-        if !(0.0..=1.0).contains(&self.leaky_slope) || !(0.0..=1.0).contains(&self.bn_momentum) || self.bn_eps <= 0.0 {
+        if !(0.0..=1.0).contains(&self.leaky_slope)
+            || !(0.0..=1.0).contains(&self.bn_momentum)
+            || self.bn_eps <= 0.0
+        {
             return bad("leaky_slope and bn_momentum must lie in [0, 1], bn_eps > 0".into());
         }
-        if self.discriminator_hidden.iter().any(|&n| n == 0) {
+        if self.discriminator_hidden.contains(&0) {
             return bad("discriminator hidden sizes must be positive".into());
         }
         Ok(())
@@ -317,13 +371,25 @@ pub struct Variant {
 
 impl Variant {
     /// Schott et al.'s ABS: K class-specific VAEs.
-    pub const ABS: Variant = Variant { adversarial: false, discriminative: false };
+    pub const ABS: Variant = Variant {
+        adversarial: false,
+        discriminative: false,
+    };
     /// A-ABS: K class-specific AAEs, one discriminator each.
-    pub const A_ABS: Variant = Variant { adversarial: true, discriminative: false };
+    pub const A_ABS: Variant = Variant {
+        adversarial: true,
+        discriminative: false,
+    };
     /// D-ABS: shared VAE encoder, K decoders, discriminative loss.
-    pub const D_ABS: Variant = Variant { adversarial: false, discriminative: true };
+    pub const D_ABS: Variant = Variant {
+        adversarial: false,
+        discriminative: true,
+    };
     /// AD-ABS = E-ABS's training: shared encoder, K decoders, one discriminator, eq. (5).
-    pub const E_ABS: Variant = Variant { adversarial: true, discriminative: true };
+    pub const E_ABS: Variant = Variant {
+        adversarial: true,
+        discriminative: true,
+    };
 
     /// Whether one encoder is shared by all classes (exactly when D is on, Section 3.2).
     pub fn shared_encoder(self) -> bool {
@@ -404,15 +470,29 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// The paper's configuration: Table 9 architecture, beta = 1, gamma = 10 (Section 3.2).
-    pub fn paper(family: Family, kind: ModelKind) -> Self {
-        Self { family, kind, arch: ArchConfig::for_family(family), beta: 1.0, gamma: 10.0 }
+    pub fn paper(family: impl Into<Family>, kind: ModelKind) -> Self {
+        let family = family.into();
+        Self {
+            family,
+            kind,
+            arch: ArchConfig::for_family(family),
+            beta: 1.0,
+            gamma: 10.0,
+        }
     }
 
     /// Validates the architecture and the loss weights.
     pub fn validate(&self) -> Result<()> {
         self.arch.validate()?;
-        if !(self.beta.is_finite() && self.beta >= 0.0 && self.gamma.is_finite() && self.gamma >= 0.0) {
-            return Err(Error::InvalidConfig(format!("beta = {}, gamma = {}: need finite, >= 0", self.beta, self.gamma)));
+        if !(self.beta.is_finite()
+            && self.beta >= 0.0
+            && self.gamma.is_finite()
+            && self.gamma >= 0.0)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "beta = {}, gamma = {}: need finite, >= 0",
+                self.beta, self.gamma
+            )));
         }
         Ok(())
     }
@@ -447,8 +527,16 @@ mod tests {
     fn flops_match_the_baseline_measurements() {
         // perf-baseline.md: 6.52 MFLOP per decoder pass, 4.25 per encoder pass (MNIST).
         let m = ArchConfig::mnist();
-        assert!((m.decoder_flops() / 1e6 - 6.52).abs() < 0.01, "{}", m.decoder_flops());
-        assert!((m.encoder_flops() / 1e6 - 4.25).abs() < 0.01, "{}", m.encoder_flops());
+        assert!(
+            (m.decoder_flops() / 1e6 - 6.52).abs() < 0.01,
+            "{}",
+            m.decoder_flops()
+        );
+        assert!(
+            (m.encoder_flops() / 1e6 - 4.25).abs() < 0.01,
+            "{}",
+            m.encoder_flops()
+        );
     }
 
     #[test]
@@ -470,5 +558,10 @@ mod tests {
         let c = ModelConfig::paper(Family::Svhn, ModelKind::E_ABS);
         let back: ModelConfig = serde_json::from_str(&c.to_json()).unwrap();
         assert_eq!(back, c);
+        for k in eabs_datasets::DatasetKind::ALL {
+            let f = Family::from(k);
+            assert_eq!(f.noise_std(), k.noise_std());
+            assert_eq!(ArchConfig::for_family(f).image_shape, k.image_shape());
+        }
     }
 }

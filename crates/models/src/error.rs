@@ -113,6 +113,9 @@ pub enum Error {
         /// Number of classes of the model.
         n_classes: usize,
     },
+    /// Generating adversarial training examples failed.
+    #[error("adversarial training: {0}")]
+    Attack(String),
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -126,6 +129,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

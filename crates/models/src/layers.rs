@@ -42,7 +42,9 @@ impl DropoutRng {
         let scale = (1.0 / (1.0 - p)) as f32;
         let mask: Vec<f32> = {
             let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            (0..n).map(|_| if g.random::<f64>() < p { 0.0 } else { scale }).collect()
+            (0..n)
+                .map(|_| if g.random::<f64>() < p { 0.0 } else { scale })
+                .collect()
         };
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
         xs.mul(&mask)
@@ -74,7 +76,10 @@ impl Linear {
 
     /// A copy with detached parameters.
     pub fn frozen(&self) -> Self {
-        Self { weight: self.weight.detach(), bias: self.bias.detach() }
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+        }
     }
 }
 
@@ -92,10 +97,22 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// Creates `prefix.weight`, U(-1/sqrt(fan_in), ..) with `fan_in = c_in k^2`.
-    pub fn new(store: &mut ParamStore, prefix: &str, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
         let weight = store.uniform(&format!("{prefix}.weight"), &[c_out, c_in, k, k], bound)?;
-        Ok(Self { weight, stride, padding })
+        Ok(Self {
+            weight,
+            stride,
+            padding,
+        })
     }
 
     /// `(n, c_in, h, w) -> (n, c_out, h', w')`.
@@ -105,7 +122,10 @@ impl Conv2d {
 
     /// A copy with detached parameters.
     pub fn frozen(&self) -> Self {
-        Self { weight: self.weight.detach(), ..self.clone() }
+        Self {
+            weight: self.weight.detach(),
+            ..self.clone()
+        }
     }
 }
 
@@ -126,21 +146,50 @@ impl ConvTranspose2d {
     /// Creates `prefix.weight` (and `prefix.bias`), U(-1/sqrt(fan_in), ..) with PyTorch's
     /// `fan_in = c_out k^2` for transposed convolutions.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(store: &mut ParamStore, prefix: &str, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, bias: bool) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let bound = 1.0 / ((c_out * k * k) as f64).sqrt();
         let weight = store.uniform(&format!("{prefix}.weight"), &[c_in, c_out, k, k], bound)?;
-        let bias = if bias { Some(store.uniform(&format!("{prefix}.bias"), &[c_out], bound)?) } else { None };
-        Ok(Self { weight, bias, stride, padding })
+        let bias = if bias {
+            Some(store.uniform(&format!("{prefix}.bias"), &[c_out], bound)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
     }
 
     /// `(n, c_in, h, w) -> (n, c_out, (h-1) s - 2p + k, ..)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        eabs_kernels::conv_transpose2d(xs, &self.weight, self.bias.as_ref(), self.stride, self.padding, 0)
+        eabs_kernels::conv_transpose2d(
+            xs,
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            self.padding,
+            0,
+        )
     }
 
     /// A copy with detached parameters.
     pub fn frozen(&self) -> Self {
-        Self { weight: self.weight.detach(), bias: self.bias.as_ref().map(|b| b.detach()), ..self.clone() }
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.as_ref().map(|b| b.detach()),
+            ..self.clone()
+        }
     }
 }
 
@@ -166,7 +215,13 @@ pub struct BatchNorm2d {
 
 impl BatchNorm2d {
     /// Creates `prefix.{weight, bias, running_mean, running_var}` (1, 0, 0, 1).
-    pub fn new(store: &mut ParamStore, prefix: &str, c: usize, momentum: f64, eps: f64) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        c: usize,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Self> {
         Ok(Self {
             weight: store.constant(&format!("{prefix}.weight"), &[c], 1.0)?,
             bias: store.constant(&format!("{prefix}.bias"), &[c], 0.0)?,
@@ -180,37 +235,44 @@ impl BatchNorm2d {
     /// Normalises `xs: (n, c, h, w)`; in training mode with batch statistics (and updates the
     /// running ones), otherwise with the running statistics.
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let (n, c, h, w) = xs.dims4()?;
-        let shape = (1, c, 1, 1);
+        let (n, _c, h, w) = xs.dims4()?;
         if train {
             let count = n * h * w;
             if count < 2 {
                 candle_core::bail!("BatchNorm in training mode needs more than one value per channel, got input {:?}", xs.dims());
             }
-            let mean = xs.mean_keepdim((0, 2, 3))?;
-            let centred = xs.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
-            let inv_std = var.affine(1.0, self.eps)?.sqrt()?.recip()?;
-            let ys = centred.broadcast_mul(&(inv_std.broadcast_mul(&self.weight.reshape(shape)?)?))?;
-            let ys = ys.broadcast_add(&self.bias.reshape(shape)?)?;
+            // Fused kernel (eabs-kernels): normalised output plus the detached batch statistics
+            // (biased variance, the one that normalises).
+            let (ys, batch_mean, batch_var) =
+                eabs_kernels::batch_norm_train(xs, &self.weight, &self.bias, self.eps)?;
             let m = self.momentum;
             let unbias = count as f64 / (count as f64 - 1.0);
-            let batch_mean = mean.detach().flatten_all()?;
-            let batch_var = (var.detach().flatten_all()? * unbias)?;
-            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (batch_mean * m)?)?)?;
-            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (batch_var * m)?)?)?;
+            let batch_var = (batch_var * unbias)?;
+            self.running_mean
+                .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (batch_mean * m)?)?)?;
+            self.running_var
+                .set(&((self.running_var.as_tensor() * (1.0 - m))? + (batch_var * m)?)?)?;
             Ok(ys)
         } else {
-            let inv_std = self.running_var.as_tensor().affine(1.0, self.eps)?.sqrt()?.recip()?;
-            let scale = (inv_std * &self.weight)?;
-            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-            xs.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)
+            // One fused pass (eabs-kernels): `gamma (x - mean) / sqrt(var + eps) + beta`.
+            eabs_kernels::batch_norm_eval(
+                xs,
+                &self.weight,
+                &self.bias,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                self.eps,
+            )
         }
     }
 
     /// A copy with detached affine parameters (running statistics stay shared).
     pub fn frozen(&self) -> Self {
-        Self { weight: self.weight.detach(), bias: self.bias.detach(), ..self.clone() }
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+            ..self.clone()
+        }
     }
 }
 
@@ -228,9 +290,9 @@ pub fn relu(xs: &Tensor) -> Result<Tensor> {
     xs.relu()
 }
 
-/// Sigmoid, `1 / (1 + exp(-x))`.
+/// Sigmoid, `1 / (1 + exp(-x))` (one fused pass forward and backward, eabs-kernels).
 pub fn sigmoid(xs: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::sigmoid(xs)
+    eabs_kernels::sigmoid(xs)
 }
 
 /// Row-wise log-softmax over the last dimension (max-shifted, stable).
@@ -256,7 +318,13 @@ mod tests {
         // Reference in f64: log sigmoid(x) = -log1p(e^{-x}) for x >= 0, x - log1p(e^x) otherwise.
         let want: Vec<f32> = [-200f64, -1.0, 0.0, 2.0, 200.0]
             .iter()
-            .map(|&x| (if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() }) as f32)
+            .map(|&x| {
+                (if x >= 0.0 {
+                    -(-x).exp().ln_1p()
+                } else {
+                    x - x.exp().ln_1p()
+                }) as f32
+            })
             .collect();
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
@@ -285,11 +353,17 @@ mod tests {
     #[test]
     fn dropout_is_seeded_and_scaled() -> Result<()> {
         let xs = Tensor::ones((4, 100), DType::F32, &Device::Cpu)?;
-        let a = DropoutRng::new(7).dropout(&xs, 0.5, true)?.to_vec2::<f32>()?;
-        let b = DropoutRng::new(7).dropout(&xs, 0.5, true)?.to_vec2::<f32>()?;
+        let a = DropoutRng::new(7)
+            .dropout(&xs, 0.5, true)?
+            .to_vec2::<f32>()?;
+        let b = DropoutRng::new(7)
+            .dropout(&xs, 0.5, true)?
+            .to_vec2::<f32>()?;
         assert_eq!(a, b);
         assert!(a.iter().flatten().all(|&v| v == 0.0 || v == 2.0));
-        let same = DropoutRng::new(7).dropout(&xs, 0.5, false)?.to_vec2::<f32>()?;
+        let same = DropoutRng::new(7)
+            .dropout(&xs, 0.5, false)?
+            .to_vec2::<f32>()?;
         assert!(same.iter().flatten().all(|&v| v == 1.0));
         Ok(())
     }

@@ -9,7 +9,11 @@ use crate::layers::{log_sigmoid, log_softmax, pick};
 /// Per-sample squared error `||x - r||^2` summed over every non-batch dimension, `(b,)`.
 pub fn reconstruction_cost(xs: &Tensor, recon: &Tensor) -> Result<Tensor> {
     if xs.dims() != recon.dims() {
-        candle_core::bail!("reconstruction of shape {:?} does not match input {:?}", recon.dims(), xs.dims());
+        candle_core::bail!(
+            "reconstruction of shape {:?} does not match input {:?}",
+            recon.dims(),
+            xs.dims()
+        );
     }
     let b = xs.dim(0)?;
     (xs - recon)?.sqr()?.reshape((b, ()))?.sum(1)
@@ -17,7 +21,10 @@ pub fn reconstruction_cost(xs: &Tensor, recon: &Tensor) -> Result<Tensor> {
 
 /// Costs of every class decoder, `(b, K)`: column `k` is `c(x, G_k(z))`.
 pub fn costs_per_class(xs: &Tensor, recons: &[Tensor]) -> Result<Tensor> {
-    let cols = recons.iter().map(|r| reconstruction_cost(xs, r)).collect::<Result<Vec<_>>>()?;
+    let cols = recons
+        .iter()
+        .map(|r| reconstruction_cost(xs, r))
+        .collect::<Result<Vec<_>>>()?;
     Tensor::stack(&cols, 1)
 }
 
@@ -53,21 +60,41 @@ pub struct LossParts {
 /// with `costs: (b, K)` from [`costs_per_class`], `labels: (b,)`, `prior: (b,)` the per-sample
 /// prior term (`-log D(z_i)` for E-ABS, `KL` for the VAE variants). `gamma = 0` drops the
 /// discriminative term (then only column `y_i` of `costs` matters).
-pub fn abs_objective(costs: &Tensor, labels: &Tensor, prior: &Tensor, beta: f64, gamma: f64) -> Result<LossParts> {
+pub fn abs_objective(
+    costs: &Tensor,
+    labels: &Tensor,
+    prior: &Tensor,
+    beta: f64,
+    gamma: f64,
+) -> Result<LossParts> {
     let rec = pick(costs, labels)?.mean_all()?;
     let prior_m = prior.mean_all()?;
     let disc = if gamma != 0.0 {
-        pick(&log_softmax(&costs.neg()?)?, labels)?.neg()?.mean_all()?
+        pick(&log_softmax(&costs.neg()?)?, labels)?
+            .neg()?
+            .mean_all()?
     } else {
         Tensor::zeros((), DType::F32, costs.device())?
     };
     let total = ((&rec + (&prior_m * beta)?)? + (&disc * gamma)?)?;
-    Ok(LossParts { total, reconstruction: rec, prior: prior_m, discriminative: disc })
+    Ok(LossParts {
+        total,
+        reconstruction: rec,
+        prior: prior_m,
+        discriminative: disc,
+    })
 }
 
 /// Eq. (5) from its ingredients: input `xs: (b, ..)`, reconstructions by every class decoder
 /// (`recons[k] = G_k(z)`, each shaped like `xs`), `labels: (b,)`, and `log D(z): (b,)`.
-pub fn eabs_loss(xs: &Tensor, recons: &[Tensor], labels: &Tensor, log_d: &Tensor, beta: f64, gamma: f64) -> Result<LossParts> {
+pub fn eabs_loss(
+    xs: &Tensor,
+    recons: &[Tensor],
+    labels: &Tensor,
+    log_d: &Tensor,
+    beta: f64,
+    gamma: f64,
+) -> Result<LossParts> {
     let costs = costs_per_class(xs, recons)?;
     abs_objective(&costs, labels, &log_d.neg()?, beta, gamma)
 }
@@ -75,13 +102,17 @@ pub fn eabs_loss(xs: &Tensor, recons: &[Tensor], labels: &Tensor, log_d: &Tensor
 /// Discriminator loss of Algorithm 1, `-(beta / n) sum_i [log D(z~_i) + log(1 - D(z_i))]`, from
 /// the logits of prior samples `z~` and of encoded latents `z`. Uses `log(1 - sigmoid(l)) =
 /// log sigmoid(-l)`.
-pub fn discriminator_loss(logit_prior: &Tensor, logit_encoded: &Tensor, beta: f64) -> Result<Tensor> {
+pub fn discriminator_loss(
+    logit_prior: &Tensor,
+    logit_encoded: &Tensor,
+    beta: f64,
+) -> Result<Tensor> {
     let real = log_sigmoid(logit_prior)?.sum_all()?;
     let fake = log_sigmoid(&logit_encoded.neg()?)?.sum_all()?;
     let n = logit_prior.dim(0)?.max(1) as f64;
     // With different counts (A-ABS sees all encoded latents), each side is averaged separately.
     let m = logit_encoded.dim(0)?.max(1) as f64;
-    ((real * (-beta / n))? + (fake * (-beta / m))?)
+    (real * (-beta / n))? + (fake * (-beta / m))?
 }
 
 /// Cross-entropy of logits `(b, K)` against labels `(b,)`, batch mean.
@@ -104,9 +135,9 @@ mod tests {
         // Two samples of 2 pixels, K = 3 decoders.
         let xs = Tensor::new(&[[1.0f32, 0.0], [0.5, 0.5]], &dev)?;
         let recons = [
-            Tensor::new(&[[1.0f32, 0.0], [0.0, 0.0]], &dev)?,   // costs 0, 0.5
-            Tensor::new(&[[0.0f32, 0.0], [0.5, 0.5]], &dev)?,   // costs 1, 0
-            Tensor::new(&[[1.0f32, 1.0], [0.5, 0.0]], &dev)?,   // costs 1, 0.25
+            Tensor::new(&[[1.0f32, 0.0], [0.0, 0.0]], &dev)?, // costs 0, 0.5
+            Tensor::new(&[[0.0f32, 0.0], [0.5, 0.5]], &dev)?, // costs 1, 0
+            Tensor::new(&[[1.0f32, 1.0], [0.5, 0.0]], &dev)?, // costs 1, 0.25
         ];
         let labels = Tensor::new(&[0u32, 2], &dev)?;
         let log_d = Tensor::new(&[-0.5f32, -2.0], &dev)?;
@@ -120,7 +151,11 @@ mod tests {
         let disc = (ce0 + ce1) / 2.0;
         let want = rec + beta * prior + gamma * disc;
         let got = eabs_loss(&xs, &recons, &labels, &log_d, beta, gamma)?;
-        assert!(close(got.total.to_scalar::<f32>()?, want), "{} vs {want}", got.total);
+        assert!(
+            close(got.total.to_scalar::<f32>()?, want),
+            "{} vs {want}",
+            got.total
+        );
         assert!(close(got.reconstruction.to_scalar::<f32>()?, rec));
         assert!(close(got.prior.to_scalar::<f32>()?, prior));
         assert!(close(got.discriminative.to_scalar::<f32>()?, disc));
@@ -134,10 +169,16 @@ mod tests {
         let mean = Tensor::new(&[[1.0f32, 0.0]], &dev)?;
         let logvar = Tensor::new(&[[0.0f32, 2f32.ln()]], &dev)?;
         let want = 0.5 * (1.0 + 1.0 - 2f64.ln());
-        assert!(close(kl_to_standard_normal(&mean, &logvar)?.to_vec1::<f32>()?[0], want));
+        assert!(close(
+            kl_to_standard_normal(&mean, &logvar)?.to_vec1::<f32>()?[0],
+            want
+        ));
         // D(z~) = sigmoid(0) = 1/2, D(z) = sigmoid(0) = 1/2: loss = -(log 1/2 + log 1/2) = 2 ln 2.
         let z = Tensor::new(&[0.0f32], &dev)?;
-        assert!(close(discriminator_loss(&z, &z, 1.0)?.to_scalar::<f32>()?, 2.0 * 2f64.ln()));
+        assert!(close(
+            discriminator_loss(&z, &z, 1.0)?.to_scalar::<f32>()?,
+            2.0 * 2f64.ln()
+        ));
         // Large logits stay finite: a perfect discriminator has loss ~0, not NaN.
         let lp = Tensor::new(&[100.0f32], &dev)?;
         let le = Tensor::new(&[-100.0f32], &dev)?;

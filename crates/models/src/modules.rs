@@ -41,19 +41,57 @@ pub struct Encoder {
 impl Encoder {
     /// Builds an encoder with tensors `prefix.conv{i}.weight`, `prefix.bn{i}.*`,
     /// `prefix.mean.*` and (if `with_logvar`) `prefix.logvar.*`.
-    pub fn new(cfg: &ArchConfig, store: &mut ParamStore, prefix: &str, with_logvar: bool, rng: &DropoutRng) -> Result<Self> {
+    pub fn new(
+        cfg: &ArchConfig,
+        store: &mut ParamStore,
+        prefix: &str,
+        with_logvar: bool,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
         let mut convs = Vec::new();
         let mut bns = Vec::new();
         let mut c_in = cfg.image_shape.0;
         for (i, s) in cfg.encoder.iter().enumerate() {
-            convs.push(Conv2d::new(store, &format!("{prefix}.conv{i}"), c_in, s.channels, s.kernel, s.stride, s.padding)?);
-            bns.push(BatchNorm2d::new(store, &format!("{prefix}.bn{i}"), s.channels, cfg.bn_momentum, cfg.bn_eps)?);
+            convs.push(Conv2d::new(
+                store,
+                &format!("{prefix}.conv{i}"),
+                c_in,
+                s.channels,
+                s.kernel,
+                s.stride,
+                s.padding,
+            )?);
+            bns.push(BatchNorm2d::new(
+                store,
+                &format!("{prefix}.bn{i}"),
+                s.channels,
+                cfg.bn_momentum,
+                cfg.bn_eps,
+            )?);
             c_in = s.channels;
         }
         let n_feat = cfg.encoder_features();
         let mean = Linear::new(store, &format!("{prefix}.mean"), n_feat, cfg.latent_dim)?;
-        let logvar = if with_logvar { Some(Linear::new(store, &format!("{prefix}.logvar"), n_feat, cfg.latent_dim)?) } else { None };
-        Ok(Self { convs, bns, mean, logvar, image_shape: cfg.image_shape, dropout: cfg.dropout, slope: cfg.leaky_slope, rng: rng.clone() })
+        let logvar = if with_logvar {
+            Some(Linear::new(
+                store,
+                &format!("{prefix}.logvar"),
+                n_feat,
+                cfg.latent_dim,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            convs,
+            bns,
+            mean,
+            logvar,
+            image_shape: cfg.image_shape,
+            dropout: cfg.dropout,
+            slope: cfg.leaky_slope,
+            rng: rng.clone(),
+        })
     }
 
     /// The convolutional body: flattened features after dropout, `(b, features)`.
@@ -115,7 +153,12 @@ pub struct Decoder {
 impl Decoder {
     /// Builds a decoder with tensors `prefix.fc.*`, `prefix.convt{i}.weight`, `prefix.bn{i}.*`
     /// and `prefix.convt{last}.bias`.
-    pub fn new(cfg: &ArchConfig, store: &mut ParamStore, prefix: &str, rng: &DropoutRng) -> Result<Self> {
+    pub fn new(
+        cfg: &ArchConfig,
+        store: &mut ParamStore,
+        prefix: &str,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
         let depth = cfg.decoder.first().map_or(0, |s| s.channels);
         let fc = Linear::new(store, &format!("{prefix}.fc"), cfg.latent_dim, depth)?;
         let mut convts = Vec::new();
@@ -124,13 +167,36 @@ impl Decoder {
         let n = cfg.decoder.len();
         for (i, s) in cfg.decoder.iter().enumerate() {
             let last = i + 1 == n;
-            convts.push(ConvTranspose2d::new(store, &format!("{prefix}.convt{i}"), c_in, s.channels, s.kernel, s.stride, s.padding, last)?);
+            convts.push(ConvTranspose2d::new(
+                store,
+                &format!("{prefix}.convt{i}"),
+                c_in,
+                s.channels,
+                s.kernel,
+                s.stride,
+                s.padding,
+                last,
+            )?);
             if !last {
-                bns.push(BatchNorm2d::new(store, &format!("{prefix}.bn{i}"), s.channels, cfg.bn_momentum, cfg.bn_eps)?);
+                bns.push(BatchNorm2d::new(
+                    store,
+                    &format!("{prefix}.bn{i}"),
+                    s.channels,
+                    cfg.bn_momentum,
+                    cfg.bn_eps,
+                )?);
             }
             c_in = s.channels;
         }
-        Ok(Self { fc, convts, bns, depth, latent_dim: cfg.latent_dim, dropout: cfg.dropout, rng: rng.clone() })
+        Ok(Self {
+            fc,
+            convts,
+            bns,
+            depth,
+            latent_dim: cfg.latent_dim,
+            dropout: cfg.dropout,
+            rng: rng.clone(),
+        })
     }
 
     /// `G(z)`: reconstructions in (0, 1).
@@ -143,9 +209,15 @@ impl Decoder {
     pub fn forward_logits(&self, zs: &Tensor, train: bool) -> Result<Tensor> {
         let (b, m) = zs.dims2()?;
         if m != self.latent_dim {
-            candle_core::bail!("decoder: latent of shape {:?}, expected (batch, {})", zs.dims(), self.latent_dim);
+            candle_core::bail!(
+                "decoder: latent of shape {:?}, expected (batch, {})",
+                zs.dims(),
+                self.latent_dim
+            );
         }
-        let h = self.rng.dropout(&self.fc.forward(zs)?, self.dropout, train)?;
+        let h = self
+            .rng
+            .dropout(&self.fc.forward(zs)?, self.dropout, train)?;
         let mut h = h.reshape((b, self.depth, 1, 1))?;
         let n = self.convts.len();
         for (i, convt) in self.convts.iter().enumerate() {
@@ -214,8 +286,16 @@ impl Discriminator {
             layers.push(Linear::new(store, &format!("{prefix}.fc{i}"), n_in, h)?);
             n_in = h;
         }
-        layers.push(Linear::new(store, &format!("{prefix}.fc{}", cfg.discriminator_hidden.len()), n_in, 1)?);
-        Ok(Self { layers, slope: cfg.leaky_slope })
+        layers.push(Linear::new(
+            store,
+            &format!("{prefix}.fc{}", cfg.discriminator_hidden.len()),
+            n_in,
+            1,
+        )?);
+        Ok(Self {
+            layers,
+            slope: cfg.leaky_slope,
+        })
     }
 
     /// The pre-sigmoid logit, `(b,)`. Use [`crate::layers::log_sigmoid`] on it (and on its
@@ -245,6 +325,9 @@ impl Discriminator {
 
     /// A copy with detached parameters for evaluation.
     pub fn frozen(&self) -> Self {
-        Self { layers: self.layers.iter().map(Linear::frozen).collect(), slope: self.slope }
+        Self {
+            layers: self.layers.iter().map(Linear::frozen).collect(),
+            slope: self.slope,
+        }
     }
 }

@@ -25,6 +25,8 @@ pub enum Stream {
     Step = 4,
     /// Adversarial-example generation (PGD random starts).
     Attack = 5,
+    /// Per-batch dropout masks.
+    Dropout = 6,
 }
 
 fn splitmix64(mut x: u64) -> u64 {
@@ -55,7 +57,11 @@ pub fn normal_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 /// A tensor of standard normal samples.
-pub fn randn(rng: &mut ChaCha8Rng, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+pub fn randn(
+    rng: &mut ChaCha8Rng,
+    shape: &[usize],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let n = shape.iter().product();
     Tensor::from_vec(normal_vec(rng, n), shape, device)
 }
@@ -88,14 +94,26 @@ impl ParamStore {
 
     /// A parameter drawn from `U(-bound, bound)`: PyTorch's default initialisation for linear and
     /// conv layers, with `bound = 1 / sqrt(fan_in)` (our decision: the authors' framework default).
-    pub fn uniform(&mut self, name: &str, shape: &[usize], bound: f64) -> candle_core::Result<Tensor> {
+    pub fn uniform(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        bound: f64,
+    ) -> candle_core::Result<Tensor> {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32).collect();
+        let data: Vec<f32> = (0..n)
+            .map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
+            .collect();
         self.insert_param(name, Tensor::from_vec(data, shape, &self.device)?)
     }
 
     /// A parameter filled with `value`.
-    pub fn constant(&mut self, name: &str, shape: &[usize], value: f64) -> candle_core::Result<Tensor> {
+    pub fn constant(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        value: f64,
+    ) -> candle_core::Result<Tensor> {
         let t = (Tensor::ones(shape, candle_core::DType::F32, &self.device)? * value)?;
         self.insert_param(name, t)
     }
@@ -133,12 +151,20 @@ impl ParamStore {
 
     /// Parameters whose name starts with `prefix`, sorted by name.
     pub fn params_with_prefix(&self, prefix: &str) -> Vec<(String, Var)> {
-        self.params.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(n, v)| (n.clone(), v.clone())).collect()
+        self.params
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
     }
 
     /// Parameters whose name does not start with `prefix`, sorted by name.
     pub fn params_without_prefix(&self, prefix: &str) -> Vec<(String, Var)> {
-        self.params.iter().filter(|(n, _)| !n.starts_with(prefix)).map(|(n, v)| (n.clone(), v.clone())).collect()
+        self.params
+            .iter()
+            .filter(|(n, _)| !n.starts_with(prefix))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
     }
 
     /// Every tensor (parameters and buffers), sorted by name.

@@ -86,24 +86,28 @@ impl Contingency {
         Self::new(self.n00, self.n10, self.n01, self.n11)
     }
 
-    /// Number of samples, `n00 + n01 + n10 + n11`.
+    /// Number of samples, `n00 + n01 + n10 + n11` (saturating at `u64::MAX` for absurd
+    /// hand-made tables instead of overflowing).
     pub fn total(&self) -> u64 {
-        self.n00 + self.n01 + self.n10 + self.n11
+        self.n00
+            .saturating_add(self.n01)
+            .saturating_add(self.n10)
+            .saturating_add(self.n11)
     }
 
     /// Number of discordant pairs, `n01 + n10`: the only samples McNemar's test looks at.
     pub fn discordant(&self) -> u64 {
-        self.n01 + self.n10
+        self.n01.saturating_add(self.n10)
     }
 
     /// Samples model A classifies correctly, `n10 + n11`.
     pub fn correct_a(&self) -> u64 {
-        self.n10 + self.n11
+        self.n10.saturating_add(self.n11)
     }
 
     /// Samples model B classifies correctly, `n01 + n11`.
     pub fn correct_b(&self) -> u64 {
-        self.n01 + self.n11
+        self.n01.saturating_add(self.n11)
     }
 }
 

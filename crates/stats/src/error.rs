@@ -39,7 +39,9 @@ pub enum StatsError {
     InvalidConfidence(f64),
 
     /// Two models share a name, so rows and columns of a comparison would be ambiguous.
-    #[error("duplicated model name `{name}` (at positions {first} and {second}): names must be unique")]
+    #[error(
+        "duplicated model name `{name}` (at positions {first} and {second}): names must be unique"
+    )]
     DuplicateName {
         /// The repeated name.
         name: String,

@@ -91,7 +91,11 @@ impl<R: Record> Journal<R> {
             file.set_len(valid_len)
                 .with_context(|| format!("truncating torn line of {}", path.display()))?;
         }
-        Ok(Self { path: path.to_path_buf(), file, done })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            done,
+        })
     }
 
     /// Whether `sample` already has a record.
@@ -114,7 +118,11 @@ impl<R: Record> Journal<R> {
         let mut buf = Vec::new();
         for r in records {
             if self.done.contains_key(&r.sample()) {
-                bail!("journal {}: sample {} recorded twice", self.path.display(), r.sample());
+                bail!(
+                    "journal {}: sample {} recorded twice",
+                    self.path.display(),
+                    r.sample()
+                );
             }
             serde_json::to_writer(&mut buf, r)?;
             buf.push(b'\n');
@@ -156,7 +164,16 @@ mod tests {
     fn resumes_and_drops_a_torn_last_line() -> Result<()> {
         let path = tmp("torn");
         let mut j = Journal::<Outcome>::open(&path)?;
-        j.append(&[Outcome { sample: 0, correct: true }, Outcome { sample: 3, correct: false }])?;
+        j.append(&[
+            Outcome {
+                sample: 0,
+                correct: true,
+            },
+            Outcome {
+                sample: 3,
+                correct: false,
+            },
+        ])?;
         drop(j);
         // Simulate a crash in the middle of writing sample 4.
         let mut f = OpenOptions::new().append(true).open(&path)?;
@@ -165,7 +182,10 @@ mod tests {
         let mut j = Journal::<Outcome>::open(&path)?;
         assert_eq!(j.len(), 2);
         assert!(j.contains(3) && !j.contains(4));
-        j.append(&[Outcome { sample: 4, correct: true }])?;
+        j.append(&[Outcome {
+            sample: 4,
+            correct: true,
+        }])?;
         drop(j);
         let j = Journal::<Outcome>::open(&path)?;
         let samples: Vec<usize> = j.records().map(|r| r.sample).collect();
@@ -177,11 +197,24 @@ mod tests {
     fn refuses_duplicates_and_garbage() -> Result<()> {
         let path = tmp("dup");
         let mut j = Journal::<Outcome>::open(&path)?;
-        j.append(&[Outcome { sample: 1, correct: true }])?;
-        assert!(j.append(&[Outcome { sample: 1, correct: false }]).is_err());
+        j.append(&[Outcome {
+            sample: 1,
+            correct: true,
+        }])?;
+        assert!(j
+            .append(&[Outcome {
+                sample: 1,
+                correct: false
+            }])
+            .is_err());
         drop(j);
-        std::fs::write(&path, "{\"sample\":1,\"correct\":true}\nnot json\n{\"sample\":2,\"correct\":true}\n")?;
-        let err = Journal::<Outcome>::open(&path).err().expect("garbage must be an error");
+        std::fs::write(
+            &path,
+            "{\"sample\":1,\"correct\":true}\nnot json\n{\"sample\":2,\"correct\":true}\n",
+        )?;
+        let err = Journal::<Outcome>::open(&path)
+            .err()
+            .expect("garbage must be an error");
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
         Ok(())
     }

@@ -27,7 +27,10 @@ impl Hardware {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let memory_gib = meminfo
@@ -38,7 +41,9 @@ impl Hardware {
             .unwrap_or(0.0);
         Self {
             cpu,
-            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             memory_gib: (memory_gib * 10.0).round() / 10.0,
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
         }
@@ -73,7 +78,10 @@ pub fn git_revision(repo: &Path) -> String {
 
 /// Seconds since the Unix epoch.
 pub fn unix_time() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Wall time of one named stage of a run.
@@ -81,7 +89,8 @@ pub fn unix_time() -> u64 {
 pub struct Stage {
     /// e.g. "train CNN", "attack E-ABS pgd-linf".
     pub name: String,
-    /// Wall-clock seconds spent in this invocation (a resumed stage adds its new time).
+    /// Wall-clock seconds spent in this invocation (a resumed run reports only the time it
+    /// spent itself; the work an earlier invocation journaled is not re-timed).
     pub seconds: f64,
 }
 
@@ -123,7 +132,10 @@ impl Timer {
     pub fn stage<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let t0 = Instant::now();
         let out = f().with_context(|| format!("stage '{name}'"))?;
-        self.stages.push(Stage { name: name.into(), seconds: t0.elapsed().as_secs_f64() });
+        self.stages.push(Stage {
+            name: name.into(),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
         Ok(out)
     }
 
@@ -138,9 +150,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;

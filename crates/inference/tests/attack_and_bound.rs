@@ -1,0 +1,236 @@
+//! The attackable classifier (adaptive gradient of eq. (8)) and the certified bound of eq. (7) /
+//! Appendix A, on toy linear decoders.
+
+// Index loops mirror the maths (image i, class k, pixel j) in these tests.
+#![allow(clippy::needless_range_loop)]
+
+mod common;
+
+use candle_core::Tensor;
+use common::{images, rows, LinearModel, ToyPrior};
+use eabs_core::{Bounds, Classifier, Differentiable};
+use eabs_inference::{
+    certified_radius, quantiles, AbsClassifier, AbsInference, InferenceConfig, LatentInference,
+};
+
+fn exact_cfg() -> InferenceConfig {
+    InferenceConfig {
+        n_candidates: 200,
+        n_adam_steps: 300,
+        learning_rate: 0.02,
+        ..InferenceConfig::abs_reference()
+    }
+}
+
+#[test]
+fn adaptive_gradient_matches_finite_differences_with_z_fixed() {
+    for prior in [ToyPrior::Kl, ToyPrior::Quadratic(0.4)] {
+        let model = LinearModel::new(3, 5, 2, 1.0, 20, prior);
+        let (xs, _, _) = images(&model, 2, 0.3, 21);
+        for mode in [LatentInference::Exact, LatentInference::Variational] {
+            let cfg = InferenceConfig {
+                mode,
+                n_candidates: 50,
+                n_adam_steps: 5,
+                logit_scale: 3.0,
+                ..InferenceConfig::e_abs()
+            };
+            let clf = AbsClassifier::new(AbsInference::new(&model, cfg).unwrap(), Bounds::UNIT, 7);
+            // loss = logit_1 - 0.5 logit_2 per sample.
+            let loss = |l: &Tensor| (l.narrow(1, 1, 1)? - (l.narrow(1, 2, 1)? * 0.5)?)?.squeeze(1);
+            let out = clf.infer(&xs).unwrap();
+            let logits = clf.adaptive_logits(&xs, &out).unwrap();
+            assert!(
+                rows(&(logits.clone() - &out.logits).unwrap().abs().unwrap())
+                    .iter()
+                    .flatten()
+                    .all(|&v| v < 1e-5),
+                "adaptive logits equal inference's logits at x"
+            );
+            // f64 reference: f(x) = sum_i loss_i, logit_k = -3 (||x - G_k(z*)||^2 + prior_k) / P.
+            let recs = rows(&out.reconstructions.reshape((6, 5)).unwrap());
+            let prior = rows(&out.prior_terms);
+            let f = |x: &[Vec<f64>]| -> f64 {
+                let mut total = 0.0;
+                for (i, xi) in x.iter().enumerate() {
+                    let logit = |k: usize| {
+                        let e: f64 = xi
+                            .iter()
+                            .zip(&recs[i * 3 + k])
+                            .map(|(a, b)| (a - b) * (a - b))
+                            .sum();
+                        -3.0 * (e + prior[i][k]) / 5.0
+                    };
+                    total += logit(1) - 0.5 * logit(2);
+                }
+                total
+            };
+            let x0 = rows(&xs.reshape((2, 5)).unwrap());
+            // Same z* for value_and_grad: rerun with a classifier whose call counter matches.
+            let clf2 = AbsClassifier::new(
+                AbsInference::new(&model, clf.inference().config().clone()).unwrap(),
+                Bounds::UNIT,
+                7,
+            );
+            let (value, grad) = clf2.value_and_grad(&xs, &loss).unwrap();
+            assert_eq!(value.dims(), &[2]);
+            let grad = rows(&grad.reshape((2, 5)).unwrap());
+            let h = 1e-4;
+            for i in 0..2 {
+                for j in 0..5 {
+                    let (mut xp, mut xm) = (x0.clone(), x0.clone());
+                    xp[i][j] += h;
+                    xm[i][j] -= h;
+                    let fd = (f(&xp) - f(&xm)) / (2.0 * h);
+                    assert!(
+                        (grad[i][j] - fd).abs() < 1e-3,
+                        "{prior:?} {mode:?} [{i}][{j}]: {} vs {fd}",
+                        grad[i][j]
+                    );
+                    // Eq. (8): d logit_k / dx = -3 * 2 (x - G_k(z*)) / P.
+                    let g8 = |k: usize| -3.0 * 2.0 * (x0[i][j] - recs[i * 3 + k][j]) / 5.0;
+                    assert!((grad[i][j] - (g8(1) - 0.5 * g8(2))).abs() < 1e-3);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn classifier_reports_logits_and_stochasticity() {
+    let model = LinearModel::new(3, 6, 2, 1.0, 22, ToyPrior::Kl);
+    let (xs, _, labels) = images(&model, 6, 0.05, 23);
+    let exact = AbsClassifier::new(
+        AbsInference::new(&model, exact_cfg()).unwrap(),
+        Bounds::new(-10.0, 10.0).unwrap(),
+        0,
+    );
+    assert!(!exact.is_stochastic());
+    assert_eq!(exact.n_classes(), 3);
+    let l1 = rows(&exact.logits(&xs).unwrap());
+    assert_eq!(
+        l1,
+        rows(&exact.logits(&xs).unwrap()),
+        "exact inference is deterministic"
+    );
+    let pred = exact.predict(&xs).unwrap().to_vec1::<u32>().unwrap();
+    // Images lie near their class manifold: the toy classifier is accurate.
+    let correct = pred
+        .iter()
+        .zip(&labels)
+        .filter(|(p, l)| **p as usize == **l)
+        .count();
+    assert!(correct >= 5, "{pred:?} vs {labels:?}");
+    let cfg = InferenceConfig {
+        mode: LatentInference::Variational,
+        n_adam_steps: 5,
+        ..exact_cfg()
+    };
+    let var = AbsClassifier::new(AbsInference::new(&model, cfg).unwrap(), Bounds::UNIT, 0);
+    assert!(var.is_stochastic());
+    assert_ne!(
+        rows(&var.logits(&xs).unwrap()),
+        rows(&var.logits(&xs).unwrap()),
+        "each call draws new noise"
+    );
+}
+
+#[test]
+fn certified_radius_matches_a_hand_computation() {
+    // l_y = 1, r_y = 1; d = [_, 3, 2]: class 1: (9 - 1) / (6 + 2) = 1; class 2: (4 - 1) / (4 + 2)
+    // = 0.5. The minimum is 0.5 at class 2.
+    assert_eq!(
+        certified_radius(1.0, 1.0, &[0.0, 3.0, 2.0], 0),
+        (0.5, Some(2))
+    );
+    // Squared-norm denominator of Section 3.4's eq. (7) would differ once r_y != 1: r_y = 2,
+    // l_y = 4: class 1: (9 - 4) / (6 + 4) = 0.5 (eq. (7) as printed: 5 / 14).
+    assert_eq!(
+        certified_radius(4.0, 2.0, &[0.0, 3.0, 5.0], 0),
+        (0.5, Some(1))
+    );
+    // Misclassified (l_y >= d_k^2): no certificate.
+    assert_eq!(certified_radius(5.0, 2.0, &[2.0, 0.0], 1), (0.0, Some(0)));
+    assert_eq!(certified_radius(1.0, 1.0, &[3.0], 0), (0.0, None));
+    let q = quantiles(&[4.0, 1.0, 3.0, 2.0], &[0.0, 0.5, 1.0, 1.0 / 3.0]).unwrap();
+    assert_eq!(q, vec![1.0, 2.5, 4.0, 2.0]);
+    assert!(quantiles(&[], &[0.5]).is_err() && quantiles(&[1.0], &[1.5]).is_err());
+}
+
+/// Exact `l_k*(x) = min_z ||x - A_k z - b_k||^2 + beta/2 ||z||^2` prediction by the closed form.
+fn predict_exact(model: &LinearModel, x: &[f64]) -> usize {
+    (0..model.a.len())
+        .map(|k| model.optimum(k, x, 1.0, true).1)
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn certified_bound_holds_against_brute_force_search() {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+    // 1-D class manifolds (lines) in R^3: affine decoders, exact global optima by least squares.
+    let model = LinearModel::new(3, 3, 1, 1.0, 24, ToyPrior::Kl);
+    let (xs, xrows, labels) = images(&model, 6, 0.1, 25);
+    let inf = AbsInference::new(&model, exact_cfg()).unwrap();
+    let bounds = inf.certified_bounds(&xs, &labels).unwrap();
+    assert!(bounds.within_validity());
+    let summary = bounds.summary().unwrap();
+    assert!(summary.n_certified >= 3, "{summary:?}");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(26);
+    for (i, x) in xrows.iter().enumerate() {
+        let y = labels[i];
+        // The inputs of the bound match the closed forms.
+        let (_, l_y) = model.optimum(y, x, 1.0, true);
+        assert!((bounds.true_class_losses[i] - l_y).abs() < 1e-3 * (1.0 + l_y));
+        for k in 0..3 {
+            let (_, d2) = model.optimum(k, x, 1.0, false);
+            assert!((bounds.manifold_distances[i][k] - d2.sqrt()).abs() < 2e-3);
+        }
+        let eps = bounds.epsilons[i];
+        if eps == 0.0 {
+            continue;
+        }
+        assert_eq!(
+            predict_exact(&model, x),
+            y,
+            "a certified sample is correctly classified"
+        );
+        // Brute force: along 400 directions (random, and towards each class's best
+        // reconstruction), the smallest step that changes the prediction is >= eps*.
+        let mut dirs: Vec<Vec<f64>> = (0..400)
+            .map(|_| (0..3).map(|_| StandardNormal.sample(&mut rng)).collect())
+            .collect();
+        for k in 0..3 {
+            let (z, _) = model.optimum(k, x, 1.0, false);
+            dirs.push(
+                model
+                    .decode_f64(k, &z)
+                    .iter()
+                    .zip(x)
+                    .map(|(g, v)| g - v)
+                    .collect(),
+            );
+        }
+        let mut smallest = f64::INFINITY;
+        for dir in dirs {
+            let n = dir.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let step =
+                |t: f64| -> Vec<f64> { x.iter().zip(&dir).map(|(v, d)| v + t * d / n).collect() };
+            let mut t = 0.0;
+            while t < 10.0 * eps.max(0.1) && predict_exact(&model, &step(t)) == y {
+                t += eps / 50.0;
+            }
+            if predict_exact(&model, &step(t)) != y {
+                smallest = smallest.min(t);
+            }
+        }
+        assert!(
+            smallest >= eps * (1.0 - 1e-3),
+            "sample {i}: adversarial at {smallest} < bound {eps}"
+        );
+    }
+    assert_eq!(bounds.quantiles(&[0.0]).unwrap()[0], summary.min);
+}

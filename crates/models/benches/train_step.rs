@@ -1,0 +1,126 @@
+//! Benchmark of the MNIST E-ABS architecture (Table 9): one training step at batch 512 (Algorithm
+//! 1: encoder, all K = 10 decoders on every latent as eq. (5) needs, discriminator; backward; both
+//! Adam updates), and one evaluation-mode decoder pass over 8000 latents (the ABS / E-ABS
+//! inference pool, Section 3.3), whole and in chunks of 500.
+//!
+//! Reports seconds (min and mean over repetitions), samples/s, achieved GFLOP/s and that as a
+//! share of a plain 1024^3 f32 matmul's GFLOP/s measured in the same run. FLOPs are counted from
+//! the layers ([`eabs_models::ArchConfig::decoder_flops`]: 6.52 MFLOP per decoder pass,
+//! [`eabs_models::ArchConfig::encoder_flops`]: 4.25 MFLOP per encoder pass); a training step is
+//! counted as 3x its forward FLOPs (forward + backward), the usual convention.
+//!
+//! Run: `cargo bench -p eabs-models --bench train_step` (env `EABS_BENCH_REPS`, default 3).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use eabs_models::params::{derive_rng, randn, Stream};
+use eabs_models::{AbsModel, Adam, Family, ModelConfig, ModelKind};
+
+fn time<F: FnMut() -> anyhow::Result<()>>(reps: usize, mut f: F) -> anyhow::Result<(f64, f64)> {
+    f()?; // warm-up
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    Ok((min, mean))
+}
+
+fn main() -> anyhow::Result<()> {
+    let reps: usize = std::env::var("EABS_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let dev = Device::Cpu;
+
+    // Reference: plain f32 matmul, 1024^3.
+    let n = 1024;
+    let a = Tensor::rand(0f32, 1f32, (n, n), &dev)?;
+    let b = Tensor::rand(0f32, 1f32, (n, n), &dev)?;
+    let (mm, _) = time(reps.max(5), || {
+        let c = a.matmul(&b)?;
+        c.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let mm_gflops = 2.0 * (n * n * n) as f64 / mm / 1e9;
+    println!(
+        "matmul 1024^3 f32: {:.4} s, {:.1} GFLOP/s (reference)",
+        mm, mm_gflops
+    );
+
+    let cfg = ModelConfig::paper(Family::Mnist, ModelKind::E_ABS);
+    let arch = &cfg.arch;
+    let (enc_f, dec_f) = (arch.encoder_flops(), arch.decoder_flops());
+    let k = arch.n_classes;
+    println!(
+        "MNIST architecture: encoder {:.2} MFLOP/image, decoder {:.2} MFLOP/latent",
+        enc_f / 1e6,
+        dec_f / 1e6
+    );
+    let model = AbsModel::new(&cfg, 0, &dev)?;
+
+    // One E-ABS training step at batch 512.
+    let batch = 512;
+    let mut rng = derive_rng(0, Stream::Noise, 0, 0);
+    let xs = randn(&mut rng, &[batch, 1, 28, 28], &dev)?
+        .affine(0.2, 0.3)?
+        .clamp(0f32, 1f32)?;
+    let labels = Tensor::from_vec(
+        (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
+        batch,
+        &dev,
+    )?;
+    let main = model.store().params_without_prefix("discriminator");
+    let disc = model.store().params_with_prefix("discriminator");
+    let (mut adam, mut disc_adam) = (Adam::new(), Adam::new());
+    let mut step = 0u64;
+    let (t_min, t_mean) = time(reps, || {
+        step += 1;
+        model.dropout_rng().reseed(step);
+        let mut rng = derive_rng(0, Stream::Step, 0, step);
+        let (parts, latents) = model.training_loss(&xs, &labels, &mut rng)?;
+        adam.step(&parts.total.backward()?, &main, 1e-3)?;
+        if let Some(dl) = model.discriminator_loss(&latents, batch, &mut rng)? {
+            disc_adam.step(&dl.backward()?, &disc, 1e-3)?;
+        }
+        parts.total.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let step_flops = 3.0 * batch as f64 * (enc_f + k as f64 * dec_f);
+    let g = step_flops / t_min / 1e9;
+    println!(
+        "E-ABS training step, batch {batch}, {k} decoders: min {t_min:.3} s, mean {t_mean:.3} s, {:.0} samples/s, {:.2} GFLOP/s ({:.1}% of matmul)",
+        batch as f64 / t_min,
+        g,
+        100.0 * g / mm_gflops
+    );
+
+    // One decoder over 8000 latents, evaluation mode, detached weights.
+    let frozen = model.frozen();
+    let dec = &frozen.decoders()[0];
+    let zs = randn(
+        &mut derive_rng(0, Stream::Step, 1, 0),
+        &[8000, arch.latent_dim],
+        &dev,
+    )?;
+    for chunk in [8000usize, 500] {
+        let (d_min, d_mean) = time(reps, || {
+            let r = dec.forward_chunked(&zs, chunk)?;
+            r.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            Ok(())
+        })?;
+        let g = 8000.0 * dec_f / d_min / 1e9;
+        println!(
+            "decoder forward, 8000 latents, chunks of {chunk}: min {d_min:.3} s, mean {d_mean:.3} s, {:.0} samples/s, {:.2} GFLOP/s ({:.1}% of matmul)",
+            8000.0 / d_min,
+            g,
+            100.0 * g / mm_gflops
+        );
+    }
+    Ok(())
+}

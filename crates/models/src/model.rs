@@ -1,0 +1,131 @@
+//! [`Model`]: any trained model of the paper behind one type, with checkpoint save / load.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::abs::AbsModel;
+use crate::checkpoint::{model_metadata, save_tensors, store_tensors, Checkpoint};
+use crate::cnn::Cnn;
+use crate::config::{ModelConfig, ModelKind};
+use crate::error::{Error, Result};
+use crate::layers::DropoutRng;
+use crate::params::ParamStore;
+
+/// A CNN (plain or adversarially trained) or an ABS-family model.
+#[derive(Debug, Clone)]
+pub enum Model {
+    /// CNN or Adv-CNN.
+    Cnn(Cnn),
+    /// ABS, A-ABS, D-ABS or E-ABS.
+    Abs(AbsModel),
+}
+
+impl Model {
+    /// A freshly initialised model of `config.kind`, weights drawn from `seed`.
+    pub fn new(config: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        Ok(match config.kind {
+            ModelKind::Cnn | ModelKind::AdvCnn(_) => Model::Cnn(Cnn::new(config, seed, device)?),
+            ModelKind::Abs(_) => Model::Abs(AbsModel::new(config, seed, device)?),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Model::Cnn(m) => m.config(),
+            Model::Abs(m) => m.config(),
+        }
+    }
+
+    /// Parameters and buffers.
+    pub fn store(&self) -> &ParamStore {
+        match self {
+            Model::Cnn(m) => m.store(),
+            Model::Abs(m) => m.store(),
+        }
+    }
+
+    /// The dropout mask source.
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        match self {
+            Model::Cnn(m) => m.dropout_rng(),
+            Model::Abs(m) => m.dropout_rng(),
+        }
+    }
+
+    /// Writes a model checkpoint (no optimiser state) atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        save_tensors(
+            path,
+            &store_tensors(self.store()),
+            model_metadata(self.config()),
+        )
+    }
+
+    /// Loads a checkpoint, rebuilding the architecture from its metadata.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let ckpt = Checkpoint::read(path, device)?;
+        let config = ckpt.model_config()?;
+        let model = Model::new(&config, 0, device).map_err(|e| Error::BadMetadata {
+            path: path.into(),
+            key: crate::checkpoint::KEY_CONFIG.into(),
+            message: e.to_string(),
+        })?;
+        ckpt.load_into(model.store())?;
+        Ok(model)
+    }
+
+    /// Loads a checkpoint that must hold exactly the model `expected` describes; otherwise
+    /// [`Error::ConfigMismatch`] (or a tensor error if the metadata lies about the tensors).
+    pub fn load_expecting(path: &Path, expected: &ModelConfig, device: &Device) -> Result<Self> {
+        let ckpt = Checkpoint::read(path, device)?;
+        let found = ckpt.model_config()?;
+        if &found != expected {
+            return Err(Error::ConfigMismatch {
+                path: path.into(),
+                expected: expected.to_json(),
+                found: found.to_json(),
+            });
+        }
+        let model = Model::new(expected, 0, device)?;
+        ckpt.load_into(model.store())?;
+        Ok(model)
+    }
+
+    /// The starting point of an adversarially trained CNN (Section 4.3: "we use the pre-trained
+    /// CNN model and retrain"): loads a CNN checkpoint and relabels it `AdvCnn(norm)`.
+    pub fn adversarial_from_cnn(
+        path: &Path,
+        norm: crate::config::AdvNorm,
+        device: &Device,
+    ) -> Result<Self> {
+        match Model::load(path, device)? {
+            Model::Cnn(mut cnn) if cnn.config().kind == ModelKind::Cnn => {
+                cnn.set_kind(ModelKind::AdvCnn(norm))?;
+                Ok(Model::Cnn(cnn))
+            }
+            other => Err(Error::InvalidConfig(format!(
+                "{}: adversarial training starts from a CNN checkpoint, this one holds a {}",
+                path.display(),
+                other.config().kind.name()
+            ))),
+        }
+    }
+
+    /// The CNN inside, if any.
+    pub fn as_cnn(&self) -> Option<&Cnn> {
+        match self {
+            Model::Cnn(m) => Some(m),
+            Model::Abs(_) => None,
+        }
+    }
+
+    /// The ABS-family model inside, if any.
+    pub fn as_abs(&self) -> Option<&AbsModel> {
+        match self {
+            Model::Abs(m) => Some(m),
+            Model::Cnn(_) => None,
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Journaled evaluation of one model under one attack over the evaluation subset.
+//!
+//! Every finished batch is appended to a per-(model, attack) journal before the next starts, so an
+//! interrupted run resumes at the first unfinished sample, and no sample is lost or counted twice.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use eabs_datasets::Dataset;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use super::journal::{Journal, Record};
+
+/// Outcome of one sample under one attack, at each epsilon of the evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SampleRecord {
+    /// Position in the evaluation subset (0..n_samples).
+    pub sample: usize,
+    /// Index in the test split.
+    pub test_index: usize,
+    /// True label.
+    pub label: u32,
+    /// Per epsilon: still classified correctly after the attack (`true` = robust).
+    pub robust: Vec<bool>,
+    /// Per epsilon: size of the returned perturbation in the attack's norm (NaN-free; 0 when the
+    /// attack returned the clean image).
+    pub distance: Vec<f64>,
+}
+
+impl Record for SampleRecord {
+    fn sample(&self) -> usize {
+        self.sample
+    }
+}
+
+/// What an attack returns for a batch: per epsilon, per sample, (robust, distance).
+pub type BatchResult = Vec<Vec<(bool, f64)>>;
+
+/// Evaluates `subset` (test indices) in batches, resuming from the journal at `journal_path`.
+/// `attack` receives the images `(b, c, h, w)` in [0, 1], the labels and returns one row per
+/// epsilon (`n_eps` of them). Returns the records of all samples, in subset order.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    journal_path: &Path,
+    label: &str,
+    test: &Dataset,
+    subset: &[usize],
+    n_eps: usize,
+    batch_size: usize,
+    device: &Device,
+    attack: &mut dyn FnMut(&Tensor, &[u32]) -> Result<BatchResult>,
+) -> Result<Vec<SampleRecord>> {
+    let mut journal = Journal::<SampleRecord>::open(journal_path)?;
+    for r in journal.records() {
+        if r.sample >= subset.len() || subset[r.sample] != r.test_index || r.robust.len() != n_eps {
+            bail!(
+                "journal {} records sample {} (test index {}, {} epsilons), which does not match this \
+                 evaluation (a different --samples, --seed or epsilon list?); delete it to start over",
+                journal_path.display(),
+                r.sample,
+                r.test_index,
+                r.robust.len()
+            );
+        }
+    }
+    let todo: Vec<usize> = (0..subset.len())
+        .filter(|&s| !journal.contains(s))
+        .collect();
+    let bar = progress_bar(label, subset.len() as u64, journal.len() as u64);
+    for chunk in todo.chunks(batch_size.max(1)) {
+        let idx: Vec<usize> = chunk.iter().map(|&s| subset[s]).collect();
+        let xs = test.images_tensor(&idx, device)?;
+        let labels: Vec<u32> = idx.iter().map(|&i| test.labels[i] as u32).collect();
+        let result = attack(&xs, &labels)
+            .with_context(|| format!("{label}: batch starting at sample {}", chunk[0]))?;
+        if result.len() != n_eps || result.iter().any(|row| row.len() != chunk.len()) {
+            bail!("{label}: attack returned a result of the wrong shape");
+        }
+        let records: Vec<SampleRecord> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, &s)| SampleRecord {
+                sample: s,
+                test_index: subset[s],
+                label: labels[j],
+                robust: result.iter().map(|row| row[j].0).collect(),
+                distance: result
+                    .iter()
+                    .map(|row| {
+                        if row[j].1.is_finite() {
+                            row[j].1
+                        } else {
+                            f64::MAX
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        journal.append(&records)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(journal.records().cloned().collect())
+}
+
+fn progress_bar(label: &str, len: u64, done: u64) -> ProgressBar {
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:32} [{bar:30}] {pos}/{len} samples, ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar.set_position(done);
+    bar
+}
+
+/// A seeded random subset of `n` test indices out of `n_test` (sorted), the same for every model.
+pub fn select_subset(n_test: usize, n: usize, seed: u64) -> Result<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if n == 0 || n > n_test {
+        bail!("cannot draw {n} evaluation samples from a test split of {n_test} images");
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_7E57);
+    let mut all: Vec<usize> = (0..n_test).collect();
+    all.shuffle(&mut rng);
+    let mut chosen = all[..n].to_vec();
+    chosen.sort_unstable();
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_is_seeded_and_sorted() -> Result<()> {
+        let a = select_subset(10_000, 100, 7)?;
+        assert_eq!(a, select_subset(10_000, 100, 7)?);
+        assert_ne!(a, select_subset(10_000, 100, 8)?);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert!(select_subset(10, 11, 0).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! `cargo xtask reproduce <table|figure>`: one command from data to the rendered table, with
+//! every number's provenance, resumable at sample granularity.
+//!
+//! Output: `results/<table>/<preset>/` holds `table.md` (ours beside the paper's numbers),
+//! `results.json` (every number, the configuration and the provenance), `outcomes.json`
+//! (per-sample outcomes, so McNemar and the ALL rows can be recomputed), `config.json`, and
+//! `journal/` (the per-sample journals that make an interrupted run resume).
+
+pub mod evaluate;
+pub mod journal;
+pub mod preset;
+pub mod provenance;
+pub mod report;
+mod table;
+pub mod verify;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use eabs_datasets::DatasetKind;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+use preset::PresetName;
+
+/// What to reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// MNIST: CNN, Adv-L_inf, Adv-L_2, ABS and E-ABS under every attack.
+    Table1,
+    /// Fashion-MNIST, as Table 1.
+    Table2,
+    /// SuperTraffic-10, as Table 1.
+    Table3,
+    /// SVHN, as Table 1.
+    Table4,
+    /// The ablation study on SVHN (not implemented yet).
+    Table5,
+    /// Accuracy as a function of epsilon on SVHN (not implemented yet).
+    Fig3,
+    /// Adversarial examples of E-ABS on MNIST (not implemented yet).
+    Fig4,
+    /// Adversarial examples of E-ABS on SVHN (not implemented yet).
+    Fig5,
+    /// Tables 1-4.
+    All,
+}
+
+/// Device for the numerics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum DeviceArg {
+    /// The CPU (with eabs-kernels' fast convolutions).
+    Cpu,
+    /// The first CUDA GPU (build with `--features cuda`).
+    Cuda,
+}
+
+impl DeviceArg {
+    /// The Candle device.
+    pub fn device(self) -> Result<candle_core::Device> {
+        Ok(match self {
+            DeviceArg::Cpu => candle_core::Device::Cpu,
+            DeviceArg::Cuda => candle_core::Device::new_cuda(0)?,
+        })
+    }
+}
+
+/// Arguments of `cargo xtask reproduce`.
+#[derive(Debug, Clone, Args)]
+pub struct ReproduceArgs {
+    /// Table or figure of the paper.
+    #[arg(value_enum)]
+    pub target: Target,
+    /// Sizes of the run: smoke (CI), quick (a CPU run), paper (the paper's settings).
+    #[arg(long, value_enum, default_value_t = PresetName::Quick)]
+    pub preset: PresetName,
+    /// Number of test samples to evaluate (default: the preset's; the paper uses 1000).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Master seed of training, the sample subset and every attack.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Directory holding the dataset files (default: known system locations).
+    #[arg(long, env = "EABS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where results are written.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Where checkpoints are written and reused.
+    #[arg(long, default_value = "checkpoints")]
+    pub checkpoints: PathBuf,
+}
+
+/// Runs `cargo xtask reproduce`.
+pub fn run(args: &ReproduceArgs) -> Result<()> {
+    let command = std::iter::once("cargo xtask".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tables: Vec<(&str, DatasetKind)> = match args.target {
+        Target::Table1 => vec![("table1", DatasetKind::Mnist)],
+        Target::Table2 => vec![("table2", DatasetKind::FashionMnist)],
+        Target::Table3 => vec![("table3", DatasetKind::SuperTraffic10)],
+        Target::Table4 => vec![("table4", DatasetKind::Svhn)],
+        Target::All => vec![
+            ("table1", DatasetKind::Mnist),
+            ("table2", DatasetKind::FashionMnist),
+            ("table3", DatasetKind::SuperTraffic10),
+            ("table4", DatasetKind::Svhn),
+        ],
+        other => bail!(
+            "`reproduce {}` is not implemented yet: this version reproduces Tables 1-4 (`reproduce table1` ... `table4`, or `all`)",
+            format!("{other:?}").to_lowercase()
+        ),
+    };
+    for (table, kind) in tables {
+        let dir = table::run(table, kind, args, &command)?;
+        println!("{}", std::fs::read_to_string(dir.join("table.md"))?);
+        println!("results written to {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Serialises `value` as pretty JSON and writes it atomically.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    provenance::write_atomic(path, &bytes)
+}
+
+/// Writes `text` atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    provenance::write_atomic(path, text.as_bytes())
+}

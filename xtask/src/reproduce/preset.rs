@@ -1,0 +1,130 @@
+//! The three presets of every experiment. They change sizes (epochs, samples, steps, restarts,
+//! candidates), never the algorithm: `paper` is the paper's exact protocol, `quick` a real CPU
+//! run, `smoke` a CI-sized run of the whole pipeline.
+
+use clap::ValueEnum;
+use eabs_inference::InferenceConfig;
+use eabs_models::{Family, ModelKind, TrainConfig};
+use serde::Serialize;
+
+/// Preset name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresetName {
+    /// CI-sized: seconds to minutes for a whole table.
+    Smoke,
+    /// A real CPU run on 2 cores.
+    Quick,
+    /// The paper's settings exactly (needs a GPU and days).
+    Paper,
+}
+
+impl PresetName {
+    /// Lower-case name used in paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresetName::Smoke => "smoke",
+            PresetName::Quick => "quick",
+            PresetName::Paper => "paper",
+        }
+    }
+}
+
+/// Sizes of the evaluation (Section 4.2 and 4.5 for `paper`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalSizes {
+    /// Test samples evaluated (the paper: 1000).
+    pub n_samples: usize,
+    /// Batch size of the attacks.
+    pub batch_size: usize,
+    /// PGD steps (80) and random starts (5 for MNIST / Fashion-MNIST, 20 for SVHN and
+    /// SuperTraffic-10: `None` means the paper's per-dataset number).
+    pub pgd_steps: usize,
+    /// See `pgd_steps`.
+    pub pgd_restarts: Option<usize>,
+    /// DeepFool steps (100).
+    pub deepfool_steps: usize,
+    /// DDN steps (80).
+    pub ddn_steps: usize,
+    /// Carlini-Wagner binary-search steps (5) and optimisation steps (100).
+    pub cw_binary_steps: usize,
+    /// See `cw_binary_steps`.
+    pub cw_steps: usize,
+    /// Noise levels of the Gaussian-noise linear search (Foolbox 2: 1000).
+    pub noise_steps: usize,
+    /// EOT samples per gradient for randomised models (5, Appendix B.1).
+    pub eot_samples: usize,
+    /// Random latent candidates of ABS-style inference (8000) and Adam updates (49).
+    pub n_candidates: usize,
+    /// See `n_candidates`.
+    pub n_adam_steps: usize,
+}
+
+impl EvalSizes {
+    /// The sizes of `preset`.
+    pub fn of(preset: PresetName) -> Self {
+        match preset {
+            PresetName::Paper => Self {
+                n_samples: 1000,
+                batch_size: 100,
+                pgd_steps: 80,
+                pgd_restarts: None,
+                deepfool_steps: 100,
+                ddn_steps: 80,
+                cw_binary_steps: 5,
+                cw_steps: 100,
+                noise_steps: 1000,
+                eot_samples: 5,
+                n_candidates: 8000,
+                n_adam_steps: 49,
+            },
+            PresetName::Quick => Self {
+                n_samples: 100,
+                batch_size: 50,
+                pgd_steps: 20,
+                pgd_restarts: Some(1),
+                deepfool_steps: 20,
+                ddn_steps: 20,
+                cw_binary_steps: 2,
+                cw_steps: 20,
+                noise_steps: 50,
+                eot_samples: 2,
+                n_candidates: 1000,
+                n_adam_steps: 10,
+            },
+            PresetName::Smoke => Self {
+                n_samples: 8,
+                batch_size: 8,
+                pgd_steps: 3,
+                pgd_restarts: Some(1),
+                deepfool_steps: 3,
+                ddn_steps: 3,
+                cw_binary_steps: 1,
+                cw_steps: 3,
+                noise_steps: 10,
+                eot_samples: 2,
+                n_candidates: 100,
+                n_adam_steps: 3,
+            },
+        }
+    }
+
+    /// ABS-style inference at these sizes (the algorithm of `base`, e.g. variational for E-ABS).
+    pub fn inference(&self, base: InferenceConfig) -> InferenceConfig {
+        InferenceConfig {
+            n_candidates: self.n_candidates,
+            n_adam_steps: self.n_adam_steps,
+            ..base
+        }
+    }
+}
+
+/// Training configuration of `kind` on `family` under `preset`, with the run's seed.
+pub fn train_config(preset: PresetName, family: Family, kind: ModelKind, seed: u64) -> TrainConfig {
+    let c = match preset {
+        PresetName::Paper => TrainConfig::paper(family, kind),
+        PresetName::Quick => TrainConfig::quick(family, kind),
+        PresetName::Smoke => TrainConfig::smoke(family, kind),
+    };
+    TrainConfig { seed, ..c }
+}
