@@ -19,9 +19,9 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::base::{check_bounds, Attack, MinimizationAttack};
+use crate::base::{check_batch, Attack, MinimizationAttack};
 use crate::criteria::Criterion;
-use crate::error::{config_err, Error, Result};
+use crate::error::{config_err, Result};
 use crate::norms::Norm;
 use crate::util::{normal_rows, put_rows, sample_rngs, take_rows};
 use eabs_core::Classifier;
@@ -108,14 +108,7 @@ impl<M: Classifier + ?Sized> MinimizationAttack<M> for AdditiveGaussianNoise {
         _early_stop: Option<f64>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
-        let batch = xs.dim(0)?;
-        if criterion.len() != batch {
-            return Err(Error::LabelCount {
-                expected: batch,
-                found: criterion.len(),
-            });
-        }
-        check_bounds(model, xs, "xs")?;
+        let batch = check_batch(model, xs, criterion)?;
         let shape = xs.dims().to_vec();
         let bounds = model.bounds();
         let x = xs.flatten_from(1)?;

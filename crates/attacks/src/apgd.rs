@@ -18,7 +18,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::base::{check_bounds, Attack, FixedEpsilonAttack};
+use crate::base::{check_batch, Attack, FixedEpsilonAttack};
 use crate::criteria::{Criterion, Loss};
 use crate::error::{config_err, Error, Result};
 use crate::norms::Norm;
@@ -248,14 +248,7 @@ impl<M: Differentiable + ?Sized> FixedEpsilonAttack<M> for Apgd {
                 extra: "",
             });
         }
-        let batch = xs.dim(0)?;
-        if criterion.len() != batch {
-            return Err(Error::LabelCount {
-                expected: batch,
-                found: criterion.len(),
-            });
-        }
-        check_bounds(model, xs, "xs")?;
+        let batch = check_batch(model, xs, criterion)?;
         let shape = xs.dims().to_vec();
         let x0 = xs.flatten_from(1)?;
         let mut rngs = sample_rngs(cfg.seed, xs)?;

@@ -111,6 +111,25 @@ pub fn validate_inputs<M: Classifier + ?Sized>(
     checked_logits(model, xs)
 }
 
+/// What every attack's `run` checks before perturbing: one label per sample and inputs within
+/// the bounds. Returns the batch size. (The free functions [`attack_fixed`] / [`attack_min`]
+/// validate more, see [`validate_inputs`].)
+pub fn check_batch<M: Classifier + ?Sized>(
+    model: &M,
+    xs: &Tensor,
+    criterion: &Criterion,
+) -> Result<usize> {
+    let batch = xs.dim(0)?;
+    if criterion.len() != batch {
+        return Err(Error::LabelCount {
+            expected: batch,
+            found: criterion.len(),
+        });
+    }
+    check_bounds(model, xs, "xs")?;
+    Ok(batch)
+}
+
 /// Errors unless every value of `xs` lies within the model bounds (tolerance 1e-6 of the width).
 pub fn check_bounds<M: Classifier + ?Sized>(
     model: &M,

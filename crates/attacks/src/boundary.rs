@@ -22,7 +22,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
-use crate::base::{check_bounds, Attack, MinimizationAttack};
+use crate::base::{check_batch, check_bounds, Attack, MinimizationAttack};
 use crate::criteria::Criterion;
 use crate::error::{config_err, Error, Result};
 use crate::norms::Norm;
@@ -228,14 +228,7 @@ impl<M: Classifier + ?Sized> MinimizationAttack<M> for Boundary {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         cfg.validate()?;
-        let batch = xs.dim(0)?;
-        if criterion.len() != batch {
-            return Err(Error::LabelCount {
-                expected: batch,
-                found: criterion.len(),
-            });
-        }
-        check_bounds(model, xs, "xs")?;
+        let batch = check_batch(model, xs, criterion)?;
         let shape = xs.dims().to_vec();
         let (dtype, device) = (xs.dtype(), xs.device().clone());
         let bounds = model.bounds();

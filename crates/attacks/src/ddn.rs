@@ -12,9 +12,9 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::base::{check_bounds, Attack, MinimizationAttack};
+use crate::base::{check_batch, Attack, MinimizationAttack};
 use crate::criteria::{Criterion, Loss};
-use crate::error::{config_err, Error, Result};
+use crate::error::{config_err, Result};
 use crate::norms::Norm;
 use crate::util::{column, l2_rows, to_vec_f64, value_grad_logits, where_rows};
 use eabs_core::Differentiable;
@@ -116,14 +116,7 @@ impl<M: Differentiable + ?Sized> MinimizationAttack<M> for Ddn {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         cfg.validate()?;
-        let batch = xs.dim(0)?;
-        if criterion.len() != batch {
-            return Err(Error::LabelCount {
-                expected: batch,
-                found: criterion.len(),
-            });
-        }
-        check_bounds(model, xs, "xs")?;
+        let batch = check_batch(model, xs, criterion)?;
         let shape = xs.dims().to_vec();
         let (dtype, device) = (xs.dtype(), xs.device().clone());
         let bounds = model.bounds();

@@ -15,15 +15,12 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::base::{check_bounds, Attack, MinimizationAttack};
+use crate::base::{check_batch, Attack, MinimizationAttack};
 use crate::criteria::{class_logit, cross_entropy, one_hot, Criterion};
 use crate::error::{config_err, Error, Result};
 use crate::norms::Norm;
-use crate::util::{
-    checked_logits, checked_value_and_grad, column, l2_rows, to_vec_f64, value_grad_logits,
-    where_rows,
-};
-use eabs_core::Differentiable;
+use crate::util::{checked_logits, column, l2_rows, to_vec_f64, value_grad_logits, where_rows};
+use eabs_core::{Differentiable, LossFn};
 
 /// Which difference DeepFool linearises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,14 +128,7 @@ impl<M: Differentiable + ?Sized> MinimizationAttack<M> for DeepFool {
                 criterion: criterion.name(),
             });
         }
-        let batch = xs.dim(0)?;
-        if criterion.len() != batch {
-            return Err(Error::LabelCount {
-                expected: batch,
-                found: criterion.len(),
-            });
-        }
-        check_bounds(model, xs, "xs")?;
+        let batch = check_batch(model, xs, criterion)?;
         let n_classes = model.n_classes();
         let candidates = cfg.candidates.min(n_classes);
         if candidates < 2 {
@@ -166,24 +156,40 @@ impl<M: Differentiable + ?Sized> MinimizationAttack<M> for DeepFool {
             // Per candidate k: loss (b,), grad (b, d), distance (b,).
             let mut best_dist = vec![f64::INFINITY; batch];
             let mut best_grad = x0.zeros_like()?;
-            for (ki, ohk) in ohs.iter().enumerate() {
-                let loss = |l: &Tensor| match cfg.loss {
-                    DeepFoolLoss::Logits => class_logit(l, ohk)? - class_logit(l, &oh0)?,
-                    DeepFoolLoss::CrossEntropy => cross_entropy(l, &oh0)? - cross_entropy(l, ohk)?,
-                };
-                let xr = x.reshape(shape.as_slice())?;
-                let (value, grad) = if ki == 0 {
-                    // As Foolbox: the first candidate's pass also gives the logits that decide
-                    // which samples are already adversarial.
-                    let (v, g, logits) = value_grad_logits(model, &xr, &loss)?;
-                    is_adv = criterion.is_adversarial_logits(&logits)?;
-                    if is_adv.iter().all(|&a| a) {
-                        break 'steps;
-                    }
-                    (v, g)
-                } else {
-                    checked_value_and_grad(model, &xr, &loss)?
-                };
+            let losses: Vec<Box<LossFn<'_>>> = ohs
+                .iter()
+                .map(|ohk| -> Box<LossFn<'_>> {
+                    let oh0 = &oh0;
+                    Box::new(move |l: &Tensor| match cfg.loss {
+                        DeepFoolLoss::Logits => class_logit(l, ohk)? - class_logit(l, oh0)?,
+                        DeepFoolLoss::CrossEntropy => {
+                            cross_entropy(l, oh0)? - cross_entropy(l, ohk)?
+                        }
+                    })
+                })
+                .collect();
+            let xr = x.reshape(shape.as_slice())?;
+            // As Foolbox: the first candidate's pass also gives the logits that decide which
+            // samples are already adversarial.
+            let (v0, g0, logits) = value_grad_logits(model, &xr, losses[0].as_ref())?;
+            is_adv = criterion.is_adversarial_logits(&logits)?;
+            if is_adv.iter().all(|&a| a) {
+                break 'steps;
+            }
+            // The other candidates in one call, so a model with an expensive forward pass
+            // (E-ABS inference) runs it once for all of them.
+            let rest: Vec<&LossFn<'_>> = losses[1..].iter().map(|l| l.as_ref()).collect();
+            let mut results = vec![(v0, g0)];
+            for (value, grad) in model.values_and_grads(&xr, &rest)? {
+                if grad.dims() != xr.dims() {
+                    return Err(Error::GradShape {
+                        found: grad.dims().to_vec(),
+                        expected: xr.dims().to_vec(),
+                    });
+                }
+                results.push((value.flatten_all()?, grad));
+            }
+            for (value, grad) in results {
                 let grad = grad.flatten_from(1)?;
                 let gnorm = match cfg.norm {
                     Norm::L2 => to_vec_f64(&l2_rows(&grad)?)?,

@@ -89,4 +89,23 @@ impl<M: Differentiable> Differentiable for Eot<M> {
         }
         Ok(((v / self.n as f64)?, (g / self.n as f64)?))
     }
+
+    /// The same average for several losses: each of the `n` passes serves every loss.
+    fn values_and_grads(
+        &self,
+        xs: &Tensor,
+        losses: &[&LossFn<'_>],
+    ) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        let mut acc = self.model.values_and_grads(xs, losses)?;
+        for _ in 1..self.n {
+            let next = self.model.values_and_grads(xs, losses)?;
+            for ((v, g), (v2, g2)) in acc.iter_mut().zip(next) {
+                *v = (&*v + v2)?;
+                *g = (&*g + g2)?;
+            }
+        }
+        acc.into_iter()
+            .map(|(v, g)| Ok(((v / self.n as f64)?, (g / self.n as f64)?)))
+            .collect()
+    }
 }

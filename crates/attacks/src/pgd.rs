@@ -19,7 +19,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::base::{check_bounds, Attack, FixedEpsilonAttack};
+use crate::base::{check_batch, Attack, FixedEpsilonAttack};
 use crate::criteria::{Criterion, Loss};
 use crate::error::{config_err, Error, Result};
 use crate::norms::Norm;
@@ -207,14 +207,7 @@ impl<M: Differentiable + ?Sized> FixedEpsilonAttack<M> for Pgd {
                 extra: "",
             });
         }
-        let batch = xs.dim(0)?;
-        if criterion.len() != batch {
-            return Err(Error::LabelCount {
-                expected: batch,
-                found: criterion.len(),
-            });
-        }
-        check_bounds(model, xs, "xs")?;
+        let batch = check_batch(model, xs, criterion)?;
         let bounds = model.bounds();
         let shape = xs.dims().to_vec();
         let dim = xs.elem_count() / batch.max(1);

@@ -157,3 +157,90 @@ fn logits_are_reused_only_when_the_loss_ran_once() -> Result<()> {
     }
     Ok(())
 }
+
+/// A deterministic model whose `values_and_grads` runs one "forward pass" for all losses, as
+/// E-ABS inference does, and counts them. DeepFool must use it (one pass per step for the other
+/// candidates instead of one per candidate), and EOT must average it pass by pass.
+struct Counting {
+    inner: Linear,
+    passes: Mutex<usize>,
+}
+
+impl Classifier for Counting {
+    fn bounds(&self) -> Bounds {
+        Bounds::UNIT
+    }
+    fn n_classes(&self) -> usize {
+        self.inner.n_classes()
+    }
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+    fn logits(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.inner.logits(xs)
+    }
+}
+
+impl Differentiable for Counting {
+    fn value_and_grad(
+        &self,
+        xs: &Tensor,
+        loss: &LossFn<'_>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        *self.passes.lock().unwrap() += 1;
+        self.inner.value_and_grad(xs, loss)
+    }
+    fn values_and_grads(
+        &self,
+        xs: &Tensor,
+        losses: &[&LossFn<'_>],
+    ) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        *self.passes.lock().unwrap() += 1;
+        losses
+            .iter()
+            .map(|l| self.inner.value_and_grad(xs, l))
+            .collect()
+    }
+}
+
+#[test]
+fn deepfool_and_eot_share_one_pass_among_candidate_gradients() -> Result<()> {
+    let inner = Linear::random(12, 6, 40);
+    let (xs, rows) = inputs(4, 12, 0.35, 0.65, 41);
+    let crit = Criterion::misclassification(labels(&inner, &rows));
+    let model = Counting {
+        inner,
+        passes: Mutex::new(0),
+    };
+    let steps = 2;
+    let cfg = DeepFoolConfig {
+        steps,
+        ..DeepFoolConfig::paper(Norm::L2)
+    };
+    let _ = DeepFool::new(cfg)?.run(&model, &xs, &crit, None)?;
+    // At most 2 passes per step (first candidate + all others), not 5 (one per candidate).
+    assert!(
+        *model.passes.lock().unwrap() <= 2 * steps,
+        "{} passes",
+        model.passes.lock().unwrap()
+    );
+
+    // EOT over a deterministic model: the averaged gradients equal the single ones.
+    let eot = Eot::new(&model, 3)?;
+    let first = |l: &Tensor| l.narrow(1, 0, 1)?.squeeze(1);
+    let second = |l: &Tensor| l.narrow(1, 1, 1)?.squeeze(1);
+    *model.passes.lock().unwrap() = 0;
+    let both = eot.values_and_grads(&xs, &[&first, &second])?;
+    assert_eq!(
+        *model.passes.lock().unwrap(),
+        3,
+        "one pass per EOT sample, for both losses"
+    );
+    let (_, g2) = model.inner.value_and_grad(&xs, &second)?;
+    let diff = (both[1].1.clone() - g2)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    assert!(diff < 1e-6);
+    Ok(())
+}

@@ -130,11 +130,36 @@ pub trait Differentiable: Classifier {
         };
         Ok((value.detach(), grad))
     }
+
+    /// [`Differentiable::value_and_grad`] for several losses of the same input, in order.
+    ///
+    /// The default calls `value_and_grad` once per loss, so it honours every override. A model
+    /// whose forward pass is expensive but whose gradients for different losses share it
+    /// overrides this to run the pass once: E-ABS inference optimises the latents of every class
+    /// in one go, and the adaptive gradient of eq. (8) of any loss of the logits then follows
+    /// from the same optimum. DeepFool, which needs one gradient per candidate class, calls it.
+    fn values_and_grads(
+        &self,
+        xs: &Tensor,
+        losses: &[&LossFn<'_>],
+    ) -> Result<Vec<(Tensor, Tensor)>> {
+        losses
+            .iter()
+            .map(|loss| self.value_and_grad(xs, loss))
+            .collect()
+    }
 }
 
 impl<T: Differentiable + ?Sized> Differentiable for &T {
     fn value_and_grad(&self, xs: &Tensor, loss: &LossFn<'_>) -> Result<(Tensor, Tensor)> {
         (**self).value_and_grad(xs, loss)
+    }
+    fn values_and_grads(
+        &self,
+        xs: &Tensor,
+        losses: &[&LossFn<'_>],
+    ) -> Result<Vec<(Tensor, Tensor)>> {
+        (**self).values_and_grads(xs, losses)
     }
 }
 
@@ -183,6 +208,25 @@ mod tests {
             model.predict(&xs)?.to_dtype(DType::U32)?.to_vec1::<u32>()?,
             vec![1, 1]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn several_losses_default_to_one_call_each() -> Result<()> {
+        let device = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 2.], [3., 4.]], &device)?;
+        let model = Linear {
+            w,
+            device: device.clone(),
+        };
+        let xs = Tensor::new(&[[0.5f32, 0.25]], &device)?;
+        let first = |l: &Tensor| l.narrow(1, 0, 1)?.squeeze(1);
+        let second = |l: &Tensor| l.narrow(1, 1, 1)?.squeeze(1);
+        let out = model.values_and_grads(&xs, &[&first, &second])?;
+        // logit_1 = 2 x0 + 4 x1: gradient (2, 4).
+        assert_eq!(out[1].0.to_vec1::<f32>()?, vec![2.0]);
+        assert_eq!(out[1].1.to_vec2::<f32>()?, vec![vec![2.0, 4.0]]);
+        assert_eq!(out[0].1.to_vec2::<f32>()?, vec![vec![1.0, 3.0]]);
         Ok(())
     }
 

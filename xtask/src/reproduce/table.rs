@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::evaluate::{evaluate, select_subset, BatchResult};
-use super::preset::{train_config, EvalSizes, PresetName};
+use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Hardware, Provenance, Timer};
 use super::report::{add_all_row, build, write_outputs, Outcomes};
 use super::ReproduceArgs;
@@ -111,11 +111,7 @@ fn obtain(
     timer: &mut Timer,
 ) -> Result<Model> {
     let dir = ckpt_root.join(kind.name());
-    let mut cfg = train_config(args.preset, family, kind, args.seed);
-    if let (PresetName::Smoke, Some(adv)) = (args.preset, cfg.adversarial.as_mut()) {
-        // Smoke: a few PGD steps per training batch keep adversarial training to seconds.
-        adv.steps = 3;
-    }
+    let cfg = train_config(args.preset, family, kind, args.seed);
     let trainer = Trainer::new(cfg, &dir)?;
     let best = trainer.best_path();
     timer.stage(&format!("train {}", kind.name()), || {
