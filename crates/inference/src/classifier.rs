@@ -113,18 +113,36 @@ impl<M: LatentClassModel> Differentiable for AbsClassifier<M> {
         xs: &Tensor,
         loss: &LossFn<'_>,
     ) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut out = self.values_and_grads(xs, &[loss])?;
+        Ok(out.remove(0))
+    }
+
+    /// One inference for all `losses`: the adaptive gradient of eq. (8) of any loss of the
+    /// logits follows from the same optimum `z*` (one sample of `Q*` shared by every loss, as
+    /// one forward pass of a randomised model would be). DeepFool's per-class gradients then
+    /// cost one inference per step instead of one per candidate class.
+    fn values_and_grads(
+        &self,
+        xs: &Tensor,
+        losses: &[&LossFn<'_>],
+    ) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
         let xs = xs.detach();
         let output = self.infer(&xs)?;
-        let xs_var = Var::from_tensor(&xs)?;
-        let logits = self.adaptive_logits(xs_var.as_tensor(), &output)?;
-        let value = loss(&logits)?;
-        let grads = value.sum_all()?.backward()?;
-        let grad = match grads.get(xs_var.as_tensor()) {
-            Some(g) => g.clone(),
-            None => {
-                candle_core::bail!("no gradient reached the input: the loss ignores the logits")
-            }
-        };
-        Ok((value.detach(), grad))
+        losses
+            .iter()
+            .map(|loss| {
+                let xs_var = Var::from_tensor(&xs)?;
+                let logits = self.adaptive_logits(xs_var.as_tensor(), &output)?;
+                let value = loss(&logits)?;
+                let grads = value.sum_all()?.backward()?;
+                let grad = match grads.get(xs_var.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => candle_core::bail!(
+                        "no gradient reached the input: the loss ignores the logits"
+                    ),
+                };
+                Ok((value.detach(), grad))
+            })
+            .collect()
     }
 }

@@ -234,3 +234,34 @@ fn certified_bound_holds_against_brute_force_search() {
     }
     assert_eq!(bounds.quantiles(&[0.0]).unwrap()[0], summary.min);
 }
+
+#[test]
+fn several_losses_share_one_inference_and_match_single_calls() {
+    // Exact inference is deterministic, so the batched gradients must equal one call per loss.
+    let model = LinearModel::new(3, 6, 2, 1.0, 24, ToyPrior::Kl);
+    let (xs, _, _) = images(&model, 4, 0.05, 25);
+    let clf = AbsClassifier::new(
+        AbsInference::new(&model, exact_cfg()).unwrap(),
+        Bounds::new(-10.0, 10.0).unwrap(),
+        0,
+    );
+    let first = |l: &Tensor| l.narrow(1, 0, 1)?.squeeze(1);
+    let margin = |l: &Tensor| (l.narrow(1, 2, 1)? - l.narrow(1, 1, 1)?)?.squeeze(1);
+    let both = clf.values_and_grads(&xs, &[&first, &margin]).unwrap();
+    for (i, loss) in [&first as &eabs_core::LossFn<'_>, &margin]
+        .iter()
+        .enumerate()
+    {
+        let (v, g) = clf.value_and_grad(&xs, loss).unwrap();
+        let dv = (v - &both[i].0).unwrap().abs().unwrap().max(0).unwrap();
+        let dg = (g - &both[i].1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(dv.to_scalar::<f32>().unwrap() < 1e-5 && dg.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+}

@@ -254,13 +254,16 @@ impl BatchNorm2d {
                 .set(&((self.running_var.as_tensor() * (1.0 - m))? + (batch_var * m)?)?)?;
             Ok(ys)
         } else {
-            // One fused pass (eabs-kernels): `gamma (x - mean) / sqrt(var + eps) + beta`.
+            // One fused pass (eabs-kernels): `gamma (x - mean) / sqrt(var + eps) + beta`. The
+            // running statistics are buffers, never differentiated: detached (sharing storage),
+            // so a backward pass through an evaluation-mode layer (inference, attacks) computes
+            // no gradient for them.
             eabs_kernels::batch_norm_eval(
                 xs,
                 &self.weight,
                 &self.bias,
-                self.running_mean.as_tensor(),
-                self.running_var.as_tensor(),
+                &self.running_mean.as_tensor().detach(),
+                &self.running_var.as_tensor().detach(),
                 self.eps,
             )
         }

@@ -255,7 +255,10 @@ impl TrainConfig {
             lr_halve_every: p.lr_halve_every.map(|h| (h / 25).max(1)),
             max_train_samples: Some(5_000),
             max_val_samples: Some(1_000),
-            adversarial: p.adversarial.clone().map(|a| AdvTrainConfig { steps: 10, ..a }),
+            adversarial: p
+                .adversarial
+                .clone()
+                .map(|a| AdvTrainConfig { steps: 10, ..a }),
             ..p
         }
     }
@@ -269,7 +272,10 @@ impl TrainConfig {
             epochs: 2,
             max_train_samples: Some(1024),
             max_val_samples: Some(256),
-            adversarial: p.adversarial.clone().map(|a| AdvTrainConfig { steps: 3, ..a }),
+            adversarial: p
+                .adversarial
+                .clone()
+                .map(|a| AdvTrainConfig { steps: 3, ..a }),
             ..p
         }
     }
