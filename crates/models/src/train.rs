@@ -323,7 +323,9 @@ pub struct EpochMetrics {
     pub train_discriminative: Option<f64>,
     /// Mean discriminator loss (A variants).
     pub train_discriminator: Option<f64>,
-    /// Validation accuracy: CNN exact; ABS family the proxy argmin_k c(x, G_k(mean_k(x))).
+    /// Validation accuracy: CNN exact; adversarially trained CNN robust accuracy under the
+    /// training PGD (it selects the best checkpoint); ABS family the proxy
+    /// argmin_k c(x, G_k(mean_k(x))).
     pub val_accuracy: f64,
     /// Validation loss: CNN cross-entropy; ABS family mean proxy cost of the true class.
     pub val_loss: f64,
@@ -635,7 +637,22 @@ impl Trainer {
             }
             bar.finish_and_clear();
             let train_secs = t0.elapsed().as_secs_f64();
-            let (val_accuracy, val_loss) = evaluate(model, val, &val_idx, cfg.batch_size, &device)?;
+            let (mut val_accuracy, val_loss) =
+                evaluate(model, val, &val_idx, cfg.batch_size, &device)?;
+            if let (Some(adv), Model::Cnn(cnn)) = (&cfg.adversarial, &*model) {
+                // Adversarial training keeps the checkpoint with the best *robust* validation
+                // accuracy (Rice et al. 2020, "Overfitting in adversarially robust deep
+                // learning"); clean accuracy would pick the least adversarially trained epoch.
+                val_accuracy = evaluate_robust(
+                    cnn,
+                    val,
+                    &val_idx,
+                    cfg.batch_size,
+                    &device,
+                    adv,
+                    derive_seed(cfg.seed, Stream::Attack, epoch as u64, u64::MAX),
+                )?;
+            }
             let nf = n_seen.max(1) as f64;
             let is_abs = matches!(model, Model::Abs(_));
             let variant = model.as_abs().map(|m| m.variant());
@@ -778,6 +795,31 @@ pub fn evaluate(
     }
     let n = idx.len().max(1) as f64;
     Ok((correct as f64 / n, loss_sum / n))
+}
+
+/// Robust validation accuracy of an adversarially trained CNN: the fraction of `idx` still
+/// classified correctly after the training PGD (`adv`, at its epsilon), in evaluation mode.
+pub fn evaluate_robust(
+    cnn: &crate::Cnn,
+    data: &dyn TrainingData,
+    idx: &[usize],
+    batch_size: usize,
+    device: &Device,
+    adv: &AdvTrainConfig,
+    seed: u64,
+) -> Result<f64> {
+    let pgd = adv.pgd(seed)?;
+    let frozen = cnn.frozen();
+    let mut correct = 0usize;
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let xs = data.images(chunk, device)?;
+        let labels = data.labels(chunk);
+        let criterion = eabs_attacks::Criterion::misclassification(labels);
+        let out = eabs_attacks::attack_fixed(&pgd, &frozen, &xs, &criterion, &[adv.epsilon])
+            .map_err(|err| Error::Attack(err.to_string()))?;
+        correct += out[0].success.iter().filter(|&&s| !s).count();
+    }
+    Ok(correct as f64 / idx.len().max(1) as f64)
 }
 
 /// Convenience: the training + validation metrics file of a run directory.

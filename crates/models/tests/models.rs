@@ -299,6 +299,10 @@ fn adversarial_training_starts_from_the_cnn_and_trains_on_pgd_examples() -> anyh
         let s =
             Trainer::new(cfg.clone(), dir.path().join(kind.name()))?.run(&mut adv, &train, &val)?;
         assert!(s.history[0].train_loss.is_finite());
+        let adv_cfg = cfg
+            .adversarial
+            .clone()
+            .expect("an Adv-CNN config has PGD settings");
         // The same run at epsilon 0 (PGD returns the clean images) ends elsewhere: the PGD
         // examples are what the model was trained on.
         let mut adv0 = Model::adversarial_from_cnn(&best, norm, &dev)?;
@@ -320,6 +324,23 @@ fn adversarial_training_starts_from_the_cnn_and_trains_on_pgd_examples() -> anyh
         };
         assert_ne!(w(&adv), w(&adv0));
         assert_ne!(w(&adv), w(&cnn));
+        // Checkpoints are selected by robust validation accuracy: never above the clean one,
+        // and equal to it at epsilon 0 (PGD then returns the clean images).
+        let Model::Cnn(adv_cnn) = &adv else {
+            panic!("an Adv-CNN is a CNN")
+        };
+        let idx: Vec<usize> = (0..eabs_models::TrainingData::len(&val)).collect();
+        let (clean, _) = eabs_models::train::evaluate(&adv, &val, &idx, 8, &dev)?;
+        let robust =
+            eabs_models::train::evaluate_robust(adv_cnn, &val, &idx, 8, &dev, &adv_cfg, 1)?;
+        assert!(robust <= clean, "robust {robust} > clean {clean}");
+        let zero = eabs_models::AdvTrainConfig {
+            epsilon: 0.0,
+            ..adv_cfg
+        };
+        let same = eabs_models::train::evaluate_robust(adv_cnn, &val, &idx, 8, &dev, &zero, 1)?;
+        assert_eq!(same, clean);
+
         let back = Model::load(&dir.path().join(kind.name()).join("last.safetensors"), &dev)?;
         assert_eq!(back.config().kind, kind);
     }

@@ -290,6 +290,8 @@ fn clean_row(model: &dyn Differentiable, xs: &Tensor, labels: &[u32]) -> Result<
 /// Reproduces one of Tables 1-4.
 pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     let started = unix_time();
+    // The revision of the code that runs: read now, since the tree may change during a long run.
+    let commit = git_revision(Path::new("."));
     let mut timer = Timer::new();
     let device = args.device.device()?;
     let sizes = {
@@ -397,7 +399,7 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
         "checkpoints": ckpt_root,
     });
     let provenance = Provenance {
-        commit: git_revision(Path::new(".")),
+        commit,
         preset: args.preset.as_str().into(),
         seed: args.seed,
         device: format!("{:?}", args.device).to_lowercase(),
