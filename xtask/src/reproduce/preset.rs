@@ -85,7 +85,10 @@ impl EvalSizes {
                 pgd_restarts: Some(1),
                 deepfool_steps: 20,
                 ddn_steps: 20,
-                cw_binary_steps: 2,
+                // All 5 binary-search steps of the paper: the constant starts at 1e-3 and only
+                // the later steps reach the values that find adversarials (with 2 steps, a
+                // quick run's CW found none: 25/30 robust, equal to clean accuracy).
+                cw_binary_steps: 5,
                 cw_steps: 20,
                 noise_steps: 50,
                 eot_samples: 2,
