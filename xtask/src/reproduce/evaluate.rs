@@ -43,6 +43,7 @@ pub type BatchResult = Vec<Vec<(bool, f64)>>;
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     journal_path: &Path,
+    settings: &serde_json::Value,
     label: &str,
     test: &Dataset,
     subset: &[usize],
@@ -51,6 +52,7 @@ pub fn evaluate(
     device: &Device,
     attack: &mut dyn FnMut(&Tensor, &[u32]) -> Result<BatchResult>,
 ) -> Result<Vec<SampleRecord>> {
+    check_settings(journal_path, settings)?;
     let mut journal = Journal::<SampleRecord>::open(journal_path)?;
     for r in journal.records() {
         if r.sample >= subset.len() || subset[r.sample] != r.test_index || r.robust.len() != n_eps {
@@ -104,6 +106,47 @@ pub fn evaluate(
     Ok(journal.records().cloned().collect())
 }
 
+/// Path of the settings file that sits beside a journal.
+fn settings_path(journal_path: &Path) -> std::path::PathBuf {
+    journal_path.with_extension("settings.json")
+}
+
+/// A journal may only be resumed by the evaluation that wrote it: the model's training
+/// configuration, the attack and its settings are saved beside it when it is created and must
+/// match on every later run. Otherwise results of two configurations would mix silently.
+fn check_settings(journal_path: &Path, settings: &serde_json::Value) -> Result<()> {
+    let meta = settings_path(journal_path);
+    let started = journal_path
+        .metadata()
+        .map(|m| m.len() > 0)
+        .unwrap_or(false);
+    if meta.exists() {
+        let text = std::fs::read_to_string(&meta)
+            .with_context(|| format!("reading {}", meta.display()))?;
+        let saved: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", meta.display()))?;
+        if &saved != settings {
+            bail!(
+                "journal {} was written by an evaluation with other settings (saved in {}, now {}); \
+                 delete both files to start this stage over, or rerun with the original settings",
+                journal_path.display(),
+                meta.display(),
+                serde_json::to_string(settings)?
+            );
+        }
+    } else if started {
+        bail!(
+            "journal {} has no settings file beside it ({}), so it cannot be checked against this \
+             evaluation; delete it to start this stage over",
+            journal_path.display(),
+            meta.display()
+        );
+    } else {
+        super::write_json(&meta, settings)?;
+    }
+    Ok(())
+}
+
 fn progress_bar(label: &str, len: u64, done: u64) -> ProgressBar {
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::new(len)
@@ -138,6 +181,26 @@ pub fn select_subset(n_test: usize, n: usize, seed: u64) -> Result<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journals_refuse_other_settings() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("eabs-eval-settings-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let journal = dir.join("pgd.jsonl");
+        let a = serde_json::json!({"attack": "pgd", "steps": 20});
+        check_settings(&journal, &a)?;
+        std::fs::write(&journal, "{}\n")?;
+        check_settings(&journal, &a)?; // same settings: resume
+        let b = serde_json::json!({"attack": "pgd", "steps": 80});
+        let err = check_settings(&journal, &b).expect_err("other settings must not resume");
+        assert!(format!("{err:#}").contains("other settings"), "{err:#}");
+        std::fs::remove_file(settings_path(&journal))?;
+        assert!(
+            check_settings(&journal, &a).is_err(),
+            "a started journal without settings"
+        );
+        Ok(())
+    }
 
     #[test]
     fn subset_is_seeded_and_sorted() -> Result<()> {

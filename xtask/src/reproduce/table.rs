@@ -331,9 +331,25 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
         let stochastic = clf.is_stochastic();
         let journal = |row: &str| journal_root.join(mk.name()).join(format!("{row}.jsonl"));
         let label = format!("{} clean", mk.name());
+        // What a journal may be resumed with: the model's training and inference settings, and
+        // for attack rows the attack, its epsilon and sizes (not the batch size or the number of
+        // samples, which the per-sample records check themselves).
+        let mut attack_sizes = serde_json::to_value(&sizes)?;
+        if let Some(o) = attack_sizes.as_object_mut() {
+            o.remove("n_samples");
+            o.remove("batch_size");
+        }
+        let model_settings = serde_json::json!({
+            "model": mk.name(),
+            "train": train_config(args.preset, family, mk, args.seed),
+            "inference_sizes": { "n_candidates": sizes.n_candidates, "n_adam_steps": sizes.n_adam_steps },
+            "seed": args.seed,
+        });
+        let clean_settings = serde_json::json!({ "row": "clean", "model": model_settings });
         let rec = timer.stage(&label, || {
             evaluate(
                 &journal("clean"),
+                &clean_settings,
                 &label,
                 &test,
                 &subset,
@@ -353,6 +369,14 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
             let rec = timer.stage(&label, || {
                 evaluate(
                     &journal(&format!("{}-{}", row.norm, row.attack)),
+                    &serde_json::json!({
+                        "row": format!("{}-{}", row.norm, row.attack),
+                        "epsilon": ds.epsilon(if row.norm == "linf" { Norm::Linf } else { Norm::L2 }),
+                        "attack_seed": seed,
+                        "sizes": attack_sizes,
+                        "eot": stochastic,
+                        "model": model_settings,
+                    }),
                     &label,
                     &test,
                     &subset,
