@@ -13,6 +13,35 @@ use crate::storage::{cpu_tensor, dense_f32, with_f32};
 /// Elements per rayon task for elementwise passes: large enough to amortise scheduling.
 pub(crate) const ELEMWISE_CHUNK: usize = 1 << 15;
 
+/// `f` applied to every element of `x`, in parallel chunks (into a poisoned output buffer).
+fn map1(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = crate::cpu::out_buffer(x.len());
+    y.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(x.par_chunks(ELEMWISE_CHUNK))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = f(x);
+            }
+        });
+    y
+}
+
+/// `f(a_i, b_i)` for every pair of elements, in parallel chunks (into a poisoned output buffer).
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = crate::cpu::out_buffer(a.len());
+    y.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(
+            a.par_chunks(ELEMWISE_CHUNK)
+                .zip(b.par_chunks(ELEMWISE_CHUNK)),
+        )
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = f(a, b);
+            }
+        });
+    y
+}
+
 /// `y = x > 0 ? x : slope * x`; `dy/dx = x > 0 ? 1 : slope` (PyTorch's convention at `x = 0`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LeakyReluOp {
@@ -27,14 +56,7 @@ impl CustomOp1 for LeakyReluOp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = dense_f32(storage, layout, "leaky_relu: input")?;
         let slope = self.slope;
-        let mut y = crate::cpu::out_buffer(x.len());
-        y.par_chunks_mut(ELEMWISE_CHUNK)
-            .zip(x.par_chunks(ELEMWISE_CHUNK))
-            .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = if x > 0.0 { x } else { slope * x };
-                }
-            });
+        let y = map1(&x, |x| if x > 0.0 { x } else { slope * x });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -45,18 +67,7 @@ impl CustomOp1 for LeakyReluOp {
         let slope = self.slope;
         let gx = with_f32(arg, "leaky_relu: input", |x| {
             with_f32(grad_res, "leaky_relu backward: output gradient", |gy| {
-                let mut gx = crate::cpu::out_buffer(x.len());
-                gx.par_chunks_mut(ELEMWISE_CHUNK)
-                    .zip(
-                        x.par_chunks(ELEMWISE_CHUNK)
-                            .zip(gy.par_chunks(ELEMWISE_CHUNK)),
-                    )
-                    .for_each(|(gx, (x, gy))| {
-                        for ((gx, &x), &gy) in gx.iter_mut().zip(x).zip(gy) {
-                            *gx = if x > 0.0 { gy } else { slope * gy };
-                        }
-                    });
-                Ok(gx)
+                Ok(map2(x, gy, |x, gy| if x > 0.0 { gy } else { slope * gy }))
             })
         })?;
         Ok(Some(cpu_tensor(gx, arg.shape())?))
@@ -76,14 +87,7 @@ impl CustomOp1 for SigmoidOp {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = dense_f32(storage, layout, "sigmoid: input")?;
-        let mut y = crate::cpu::out_buffer(x.len());
-        y.par_chunks_mut(ELEMWISE_CHUNK)
-            .zip(x.par_chunks(ELEMWISE_CHUNK))
-            .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = 1.0 / (1.0 + (-x).exp());
-                }
-            });
+        let y = map1(&x, |x| 1.0 / (1.0 + (-x).exp()));
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -93,18 +97,7 @@ impl CustomOp1 for SigmoidOp {
         }
         let gx = with_f32(res, "sigmoid: output", |y| {
             with_f32(grad_res, "sigmoid backward: output gradient", |gy| {
-                let mut gx = crate::cpu::out_buffer(y.len());
-                gx.par_chunks_mut(ELEMWISE_CHUNK)
-                    .zip(
-                        y.par_chunks(ELEMWISE_CHUNK)
-                            .zip(gy.par_chunks(ELEMWISE_CHUNK)),
-                    )
-                    .for_each(|(gx, (y, gy))| {
-                        for ((gx, &y), &gy) in gx.iter_mut().zip(y).zip(gy) {
-                            *gx = gy * y * (1.0 - y);
-                        }
-                    });
-                Ok(gx)
+                Ok(map2(y, gy, |y, gy| gy * y * (1.0 - y)))
             })
         })?;
         Ok(Some(cpu_tensor(gx, arg.shape())?))
