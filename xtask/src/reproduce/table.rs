@@ -1,291 +1,29 @@
 //! Tables 1-4: train (or reuse) CNN, Adv-L_inf, Adv-L_2, ABS and E-ABS on one dataset, attack each
 //! with the paper's suite at the dataset's epsilons, and compare them with McNemar's test.
 
-use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
-use eabs_attacks::{
-    attack_fixed, attack_min, AdditiveGaussianNoise, AdditiveNoiseConfig, CarliniWagnerL2,
-    Criterion, CwConfig, Ddn, DdnConfig, DeepFool, DeepFoolConfig, Eot, FixedEpsilonAttack,
-    MinimizationAttack, Norm, Outcome, Pgd, PgdConfig,
-};
-use eabs_core::{Bounds, Classifier, Differentiable};
-use eabs_datasets::{load, Dataset, DatasetKind, Split};
-use eabs_inference::{AbsClassifier, AbsInference, FrozenAbsModel, LatentInference};
-use eabs_models::{AdvNorm, Family, Model, ModelConfig, ModelKind, Trainer};
+use anyhow::Result;
+use eabs_attacks::{Eot, Norm};
+use eabs_datasets::{load, DatasetKind, Split};
+use eabs_models::{AdvNorm, Family, ModelKind};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::evaluate::{evaluate, select_subset, BatchResult};
+use super::evaluate::{evaluate, select_subset};
 use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Hardware, Provenance, Timer};
 use super::report::{add_all_row, build, write_outputs, Outcomes};
+use super::rows::{clean_row, run_row, ATTACK_ROWS};
+use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
 use super::ReproduceArgs;
 
-/// One row of Tables 1-4: an attack and the norm it is bounded in.
-#[derive(Debug, Clone, Copy)]
-struct RowSpec {
-    norm: &'static str,
-    attack: &'static str,
-}
-
-/// The attack rows of Tables 1-4 in the paper's order (clean and the ALL rows are added around).
-const ATTACK_ROWS: [RowSpec; 8] = [
-    RowSpec {
-        norm: "linf",
-        attack: "pgd",
-    },
-    RowSpec {
-        norm: "linf",
-        attack: "deepfool",
-    },
-    RowSpec {
-        norm: "linf",
-        attack: "noise",
-    },
-    RowSpec {
-        norm: "l2",
-        attack: "pgd",
-    },
-    RowSpec {
-        norm: "l2",
-        attack: "ddn",
-    },
-    RowSpec {
-        norm: "l2",
-        attack: "cw",
-    },
-    RowSpec {
-        norm: "l2",
-        attack: "deepfool",
-    },
-    RowSpec {
-        norm: "l2",
-        attack: "noise",
-    },
-];
-
 /// The models of Tables 1-4, in column order.
-const MODEL_KINDS: [ModelKind; 5] = [
+pub const MODEL_KINDS: [ModelKind; 5] = [
     ModelKind::Cnn,
     ModelKind::AdvCnn(AdvNorm::Linf),
     ModelKind::AdvCnn(AdvNorm::L2),
     ModelKind::ABS,
     ModelKind::E_ABS,
 ];
-
-fn attack_dataset(kind: DatasetKind) -> eabs_attacks::paper::Dataset {
-    use eabs_attacks::paper::Dataset as D;
-    match kind {
-        DatasetKind::Mnist => D::Mnist,
-        DatasetKind::FashionMnist => D::FashionMnist,
-        DatasetKind::Svhn => D::Svhn,
-        DatasetKind::SuperTraffic10 => D::SuperTraffic10,
-    }
-}
-
-/// A trained model ready to be attacked.
-enum Evaluated {
-    Cnn(Box<eabs_models::Cnn>),
-    Abs(Box<AbsClassifier<FrozenAbsModel>>),
-}
-
-impl Evaluated {
-    fn classifier(&self) -> &dyn Differentiable {
-        match self {
-            Evaluated::Cnn(c) => c.as_ref(),
-            Evaluated::Abs(a) => a.as_ref(),
-        }
-    }
-}
-
-/// Trains `kind` (resuming or reusing `dir`), returns the best-by-validation model.
-#[allow(clippy::too_many_arguments)]
-fn obtain(
-    kind: ModelKind,
-    family: Family,
-    args: &ReproduceArgs,
-    ckpt_root: &Path,
-    train: &Dataset,
-    val: &Dataset,
-    device: &Device,
-    timer: &mut Timer,
-) -> Result<Model> {
-    let dir = ckpt_root.join(kind.name());
-    let cfg = train_config(args.preset, family, kind, args.seed);
-    let trainer = Trainer::new(cfg, &dir)?;
-    let best = trainer.best_path();
-    timer.stage(&format!("train {}", kind.name()), || {
-        let mut model = match kind {
-            ModelKind::AdvCnn(_) => {
-                // Madry et al. via the paper (Section 4.3): start from the trained CNN.
-                let cnn_best = ckpt_root
-                    .join(ModelKind::Cnn.name())
-                    .join("best.safetensors");
-                let cnn = Model::load(&cnn_best, device).with_context(|| {
-                    format!(
-                        "loading the CNN to adversarially train from {}",
-                        cnn_best.display()
-                    )
-                })?;
-                match cnn {
-                    Model::Cnn(mut c) => {
-                        c.set_kind(kind)?;
-                        Model::Cnn(c)
-                    }
-                    Model::Abs(_) => bail!(
-                        "{} holds an ABS model, expected the CNN",
-                        cnn_best.display()
-                    ),
-                }
-            }
-            _ => Model::new(&ModelConfig::paper(family, kind), args.seed, device)?,
-        };
-        let summary = trainer.run(&mut model, train, val)?;
-        tracing::info!(
-            model = kind.name(),
-            epochs = summary.epochs_done,
-            best_epoch = ?summary.best_epoch,
-            best_val_accuracy = ?summary.best_val_accuracy,
-            "training done"
-        );
-        Ok(())
-    })?;
-    Model::load(&best, device).with_context(|| format!("loading {}", best.display()))
-}
-
-fn to_evaluated(model: Model, sizes: &EvalSizes, seed: u64) -> Result<Evaluated> {
-    Ok(match model {
-        Model::Cnn(c) => Evaluated::Cnn(Box::new(c.frozen())),
-        Model::Abs(a) => {
-            let frozen = FrozenAbsModel::new(&a);
-            // E-ABS: variational inference (Section 3.3); ABS: exact inference (the reference).
-            let (mode, base) = if a.variant() == eabs_models::Variant::ABS {
-                (
-                    LatentInference::Exact,
-                    eabs_inference::InferenceConfig::abs_reference(),
-                )
-            } else {
-                (
-                    LatentInference::Variational,
-                    frozen.inference_config(LatentInference::Variational),
-                )
-            };
-            let cfg = sizes.inference(eabs_inference::InferenceConfig { mode, ..base });
-            let inference = AbsInference::new(frozen, cfg)?;
-            Evaluated::Abs(Box::new(AbsClassifier::new(inference, Bounds::UNIT, seed)))
-        }
-    })
-}
-
-fn rows_of(outcomes: &[Outcome]) -> BatchResult {
-    outcomes
-        .iter()
-        .map(|o| {
-            o.success
-                .iter()
-                .zip(&o.distances)
-                .map(|(&s, &d)| (!s, d))
-                .collect()
-        })
-        .collect()
-}
-
-fn fixed<M: Differentiable + ?Sized, A: FixedEpsilonAttack<M>>(
-    a: &A,
-    m: &M,
-    xs: &Tensor,
-    c: &Criterion,
-    eps: f64,
-) -> Result<BatchResult> {
-    Ok(rows_of(&attack_fixed(a, m, xs, c, &[eps])?))
-}
-
-fn minimise<M: Classifier + ?Sized, A: MinimizationAttack<M>>(
-    a: &A,
-    m: &M,
-    xs: &Tensor,
-    c: &Criterion,
-    eps: f64,
-) -> Result<BatchResult> {
-    Ok(rows_of(&attack_min(a, m, xs, c, &[eps])?))
-}
-
-/// Runs one attack row on a batch. Gradient attacks on a randomised model see it through EOT
-/// (Section 4.2: 5 samples per gradient in the paper).
-#[allow(clippy::too_many_arguments)]
-fn run_row<M: Differentiable + ?Sized>(
-    row: RowSpec,
-    sizes: &EvalSizes,
-    ds: eabs_attacks::paper::Dataset,
-    model: &M,
-    xs: &Tensor,
-    labels: &[u32],
-    seed: u64,
-) -> Result<BatchResult> {
-    let c = Criterion::misclassification(labels.to_vec());
-    let norm = if row.norm == "linf" {
-        Norm::Linf
-    } else {
-        Norm::L2
-    };
-    let eps = ds.epsilon(norm);
-    match row.attack {
-        "pgd" => {
-            let restarts = sizes.pgd_restarts.unwrap_or_else(|| ds.pgd_random_starts());
-            let cfg = PgdConfig {
-                steps: sizes.pgd_steps,
-                restarts,
-                seed,
-                ..PgdConfig::paper(norm, restarts)
-            };
-            fixed(&Pgd::new(cfg)?, model, xs, &c, eps)
-        }
-        "deepfool" => {
-            let cfg = DeepFoolConfig {
-                steps: sizes.deepfool_steps,
-                ..DeepFoolConfig::paper(norm)
-            };
-            minimise(&DeepFool::new(cfg)?, model, xs, &c, eps)
-        }
-        "ddn" => {
-            let cfg = DdnConfig {
-                steps: sizes.ddn_steps,
-                ..DdnConfig::paper()
-            };
-            minimise(&Ddn::new(cfg)?, model, xs, &c, eps)
-        }
-        "cw" => {
-            let cfg = CwConfig {
-                binary_search_steps: sizes.cw_binary_steps,
-                steps: sizes.cw_steps,
-                ..CwConfig::paper()
-            };
-            minimise(&CarliniWagnerL2::new(cfg)?, model, xs, &c, eps)
-        }
-        "noise" => {
-            let cfg = AdditiveNoiseConfig {
-                steps: sizes.noise_steps,
-                seed,
-                norm,
-                ..AdditiveNoiseConfig::paper()
-            };
-            minimise(&AdditiveGaussianNoise::new(cfg)?, model, xs, &c, eps)
-        }
-        other => bail!("unknown attack row {other}"),
-    }
-}
-
-fn clean_row(model: &dyn Differentiable, xs: &Tensor, labels: &[u32]) -> Result<BatchResult> {
-    let pred = model
-        .predict(xs)?
-        .to_dtype(candle_core::DType::U32)?
-        .to_vec1::<u32>()?;
-    Ok(vec![pred
-        .iter()
-        .zip(labels)
-        .map(|(p, l)| (p == l, 0.0))
-        .collect()])
-}
 
 /// Reproduces one of Tables 1-4.
 pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
@@ -312,11 +50,7 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
     })?;
     let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
     let out_dir = args.out.join(table).join(args.preset.as_str());
-    let ckpt_root = args
-        .checkpoints
-        .join(family.name())
-        .join(args.preset.as_str())
-        .join(format!("seed{}", args.seed));
+    let ckpt_root = checkpoint_root(&args.checkpoints, family, args.preset, args.seed);
     let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
     let ds = attack_dataset(kind);
 
@@ -324,9 +58,17 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
     let names: Vec<String> = MODEL_KINDS.iter().map(|k| k.name().to_string()).collect();
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
         let model = obtain(
-            mk, family, args, &ckpt_root, &train, &val, &device, &mut timer,
+            mk,
+            family,
+            args.preset,
+            args.seed,
+            &ckpt_root,
+            &train,
+            &val,
+            &device,
+            &mut timer,
         )?;
-        let evaluated = to_evaluated(model, &sizes, args.seed.wrapping_add(m_idx as u64))?;
+        let evaluated = to_evaluated(model, &sizes, None, args.seed.wrapping_add(m_idx as u64))?;
         let clf = evaluated.classifier();
         let stochastic = clf.is_stochastic();
         let journal = |row: &str| journal_root.join(mk.name()).join(format!("{row}.jsonl"));

@@ -1,0 +1,193 @@
+//! The attack rows of Tables 1-4 and the paper's attack settings at a preset's sizes.
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use eabs_attacks::{
+    attack_fixed, attack_min, AdditiveGaussianNoise, AdditiveNoiseConfig, CarliniWagnerL2,
+    Criterion, CwConfig, Ddn, DdnConfig, DeepFool, DeepFoolConfig, FixedEpsilonAttack,
+    MinimizationAttack, Norm, Outcome, Pgd, PgdConfig,
+};
+use eabs_core::{Classifier, Differentiable};
+
+use super::evaluate::BatchResult;
+use super::preset::EvalSizes;
+
+/// One row of Tables 1-4: an attack and the norm it is bounded in.
+#[derive(Debug, Clone, Copy)]
+pub struct RowSpec {
+    /// `linf` or `l2`.
+    pub norm: &'static str,
+    /// `pgd`, `deepfool`, `noise`, `ddn` or `cw`.
+    pub attack: &'static str,
+}
+
+impl RowSpec {
+    /// The row's norm.
+    pub fn norm(&self) -> Norm {
+        if self.norm == "linf" {
+            Norm::Linf
+        } else {
+            Norm::L2
+        }
+    }
+}
+
+/// The attack rows of Tables 1-4 in the paper's order (clean and the ALL rows are added around).
+pub const ATTACK_ROWS: [RowSpec; 8] = [
+    RowSpec {
+        norm: "linf",
+        attack: "pgd",
+    },
+    RowSpec {
+        norm: "linf",
+        attack: "deepfool",
+    },
+    RowSpec {
+        norm: "linf",
+        attack: "noise",
+    },
+    RowSpec {
+        norm: "l2",
+        attack: "pgd",
+    },
+    RowSpec {
+        norm: "l2",
+        attack: "ddn",
+    },
+    RowSpec {
+        norm: "l2",
+        attack: "cw",
+    },
+    RowSpec {
+        norm: "l2",
+        attack: "deepfool",
+    },
+    RowSpec {
+        norm: "l2",
+        attack: "noise",
+    },
+];
+
+/// The paper's PGD (Section 4.2) at the preset's steps and restarts (`None`: the paper's number
+/// of random starts for the dataset).
+pub fn pgd_config(
+    sizes: &EvalSizes,
+    ds: eabs_attacks::paper::Dataset,
+    norm: Norm,
+    seed: u64,
+) -> PgdConfig {
+    let restarts = sizes.pgd_restarts.unwrap_or_else(|| ds.pgd_random_starts());
+    PgdConfig {
+        steps: sizes.pgd_steps,
+        restarts,
+        seed,
+        ..PgdConfig::paper(norm, restarts)
+    }
+}
+
+/// Per-sample (robust, distance) of attack outcomes, one row per epsilon.
+pub fn rows_of(outcomes: &[Outcome]) -> BatchResult {
+    outcomes
+        .iter()
+        .map(|o| {
+            o.success
+                .iter()
+                .zip(&o.distances)
+                .map(|(&s, &d)| (!s, d))
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs a fixed-epsilon attack at `eps`.
+pub fn fixed<M: Differentiable + ?Sized, A: FixedEpsilonAttack<M>>(
+    a: &A,
+    m: &M,
+    xs: &Tensor,
+    c: &Criterion,
+    eps: f64,
+) -> Result<BatchResult> {
+    Ok(rows_of(&attack_fixed(a, m, xs, c, &[eps])?))
+}
+
+/// Runs a minimisation attack and judges it at `eps`.
+pub fn minimise<M: Classifier + ?Sized, A: MinimizationAttack<M>>(
+    a: &A,
+    m: &M,
+    xs: &Tensor,
+    c: &Criterion,
+    eps: f64,
+) -> Result<BatchResult> {
+    Ok(rows_of(&attack_min(a, m, xs, c, &[eps])?))
+}
+
+/// Runs one attack row on a batch at the dataset's epsilon. Callers wrap a randomised model in
+/// EOT first (Section 4.2: 5 samples per gradient in the paper).
+#[allow(clippy::too_many_arguments)]
+pub fn run_row<M: Differentiable + ?Sized>(
+    row: RowSpec,
+    sizes: &EvalSizes,
+    ds: eabs_attacks::paper::Dataset,
+    model: &M,
+    xs: &Tensor,
+    labels: &[u32],
+    seed: u64,
+) -> Result<BatchResult> {
+    let c = Criterion::misclassification(labels.to_vec());
+    let norm = row.norm();
+    let eps = ds.epsilon(norm);
+    match row.attack {
+        "pgd" => fixed(
+            &Pgd::new(pgd_config(sizes, ds, norm, seed))?,
+            model,
+            xs,
+            &c,
+            eps,
+        ),
+        "deepfool" => {
+            let cfg = DeepFoolConfig {
+                steps: sizes.deepfool_steps,
+                ..DeepFoolConfig::paper(norm)
+            };
+            minimise(&DeepFool::new(cfg)?, model, xs, &c, eps)
+        }
+        "ddn" => {
+            let cfg = DdnConfig {
+                steps: sizes.ddn_steps,
+                ..DdnConfig::paper()
+            };
+            minimise(&Ddn::new(cfg)?, model, xs, &c, eps)
+        }
+        "cw" => {
+            let cfg = CwConfig {
+                binary_search_steps: sizes.cw_binary_steps,
+                steps: sizes.cw_steps,
+                ..CwConfig::paper()
+            };
+            minimise(&CarliniWagnerL2::new(cfg)?, model, xs, &c, eps)
+        }
+        "noise" => {
+            let cfg = AdditiveNoiseConfig {
+                steps: sizes.noise_steps,
+                seed,
+                norm,
+                ..AdditiveNoiseConfig::paper()
+            };
+            minimise(&AdditiveGaussianNoise::new(cfg)?, model, xs, &c, eps)
+        }
+        other => bail!("unknown attack row {other}"),
+    }
+}
+
+/// Clean accuracy of a batch (one "epsilon": 0).
+pub fn clean_row(model: &dyn Differentiable, xs: &Tensor, labels: &[u32]) -> Result<BatchResult> {
+    let pred = model
+        .predict(xs)?
+        .to_dtype(candle_core::DType::U32)?
+        .to_vec1::<u32>()?;
+    Ok(vec![pred
+        .iter()
+        .zip(labels)
+        .map(|(p, l)| (p == l, 0.0))
+        .collect()])
+}
