@@ -5,9 +5,11 @@
 //! tasks need optimised code.
 
 mod data;
+mod eval;
 mod fetch;
 mod paper;
 mod reproduce;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +32,10 @@ enum Command {
     Fetch(fetch::FetchArgs),
     /// Reproduce a table of the paper end to end: train, attack, compare, write results/.
     Reproduce(reproduce::ReproduceArgs),
+    /// Train one model (or resume, or reuse it) into the checkpoint tree `reproduce` uses.
+    Train(train::TrainArgs),
+    /// Evaluate one model under one attack: one accuracy with its 95% interval.
+    Eval(eval::EvalArgs),
     /// Check that a results directory of `reproduce` is complete and self-consistent.
     VerifyResults {
         /// e.g. results/table2/smoke
@@ -49,6 +55,8 @@ fn main() -> anyhow::Result<()> {
         Command::Data { command } => data::run(command),
         Command::Fetch(args) => fetch::run(&args),
         Command::Reproduce(args) => reproduce::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::VerifyResults { dir } => reproduce::verify::run(&dir),
     }
 }

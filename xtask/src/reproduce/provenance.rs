@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::journal::{Journal, Record};
+
 /// The machine a run used.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hardware {
@@ -85,13 +87,35 @@ pub fn unix_time() -> u64 {
 }
 
 /// Wall time of one named stage of a run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Stage {
-    /// e.g. "train CNN", "attack E-ABS pgd-linf".
+    /// e.g. "train CNN", "E-ABS linf pgd".
     pub name: String,
-    /// Wall-clock seconds spent in this invocation (a resumed run reports only the time it
-    /// spent itself; the work an earlier invocation journaled is not re-timed).
+    /// Wall-clock seconds one invocation spent in this stage. A resumed run lists the stages of
+    /// every invocation (see [`Timer::resumable`]), so the work an earlier invocation journaled
+    /// is counted once, by the invocation that did it.
     pub seconds: f64,
+    /// The commit of the invocation that ran the stage (absent in results written before
+    /// resumable timing existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Unix time at which the stage finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_unix: Option<u64>,
+}
+
+/// A stage as logged on disk: numbered so that the journal machinery can check the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct LoggedStage {
+    index: usize,
+    #[serde(flatten)]
+    stage: Stage,
+}
+
+impl Record for LoggedStage {
+    fn sample(&self) -> usize {
+        self.index
+    }
 }
 
 /// The provenance block written beside every result.
@@ -117,29 +141,83 @@ pub struct Provenance {
     pub command: String,
 }
 
+impl Provenance {
+    /// Total wall time over every stage of every invocation, in seconds.
+    pub fn total_seconds(&self) -> f64 {
+        self.stages.iter().map(|s| s.seconds).sum()
+    }
+
+    /// The distinct commits whose invocations ran stages of this result, in order of first use
+    /// (more than one when a run was interrupted and resumed on newer code).
+    pub fn stage_commits(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for c in self.stages.iter().filter_map(|s| s.commit.as_ref()) {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+        out
+    }
+}
+
 /// Collects stage timings during a run.
 pub struct Timer {
     stages: Vec<Stage>,
+    log: Option<(Journal<LoggedStage>, String)>,
+}
+
+impl Default for Timer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Timer {
-    /// An empty timer.
+    /// A timer that keeps its stages in memory only.
     pub fn new() -> Self {
-        Self { stages: Vec::new() }
+        Self {
+            stages: Vec::new(),
+            log: None,
+        }
+    }
+
+    /// A timer that also appends every finished stage (with `commit`) to the log at `path`, and
+    /// starts with the stages earlier invocations logged there: the provenance of a run that was
+    /// interrupted and resumed then reports the wall time of all its invocations, not only of
+    /// the last one. A stage interrupted mid-way is not logged; its journaled samples are
+    /// counted by nobody's clock, which the Markdown report states.
+    pub fn resumable(path: &Path, commit: &str) -> Result<Self> {
+        let journal = Journal::<LoggedStage>::open(path)
+            .with_context(|| format!("opening the stage log {}", path.display()))?;
+        let stages = journal.records().map(|l| l.stage.clone()).collect();
+        Ok(Self {
+            stages,
+            log: Some((journal, commit.to_string())),
+        })
     }
 
     /// Runs `f` as stage `name` and records its wall time.
     pub fn stage<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let t0 = Instant::now();
         let out = f().with_context(|| format!("stage '{name}'"))?;
-        self.stages.push(Stage {
+        let mut stage = Stage {
             name: name.into(),
             seconds: t0.elapsed().as_secs_f64(),
-        });
+            commit: None,
+            finished_unix: Some(unix_time()),
+        };
+        if let Some((journal, commit)) = &mut self.log {
+            stage.commit = Some(commit.clone());
+            journal.append(&[LoggedStage {
+                index: journal.len(),
+                stage: stage.clone(),
+            }])?;
+        }
+        self.stages.push(stage);
         Ok(out)
     }
 
-    /// The recorded stages.
+    /// The recorded stages, earlier invocations' first.
     pub fn into_stages(self) -> Vec<Stage> {
         self.stages
     }
@@ -182,6 +260,30 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn resumable_timer_keeps_earlier_invocations() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("stages.jsonl");
+        {
+            let mut t = Timer::resumable(&log, "aaa")?;
+            t.stage("train CNN", || Ok(()))?;
+            // An interrupted stage is not logged.
+            assert!(t
+                .stage("CNN clean", || -> Result<()> { anyhow::bail!("killed") })
+                .is_err());
+        }
+        let mut t = Timer::resumable(&log, "bbb")?;
+        t.stage("CNN clean", || Ok(()))?;
+        let stages = t.into_stages();
+        let names: Vec<_> = stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["train CNN", "CNN clean"]);
+        let commits: Vec<_> = stages.iter().map(|s| s.commit.clone().unwrap()).collect();
+        assert_eq!(commits, ["aaa", "bbb"]);
+        // A third invocation sees both.
+        assert_eq!(Timer::resumable(&log, "ccc")?.into_stages(), stages);
         Ok(())
     }
 

@@ -256,7 +256,27 @@ pub fn to_markdown(r: &TableReport, title: &str) -> String {
         p.command, p.commit, p.hardware.cpu, p.hardware.cores, p.hardware.memory_gib, p.hardware.os
     ));
     for st in &p.stages {
-        s.push_str(&format!("  - {}: {:.1} s\n", st.name, st.seconds));
+        let commit = match &st.commit {
+            Some(c) if c != &p.commit => format!(" (commit `{c}`)"),
+            _ => String::new(),
+        };
+        s.push_str(&format!("  - {}: {:.1} s{commit}\n", st.name, st.seconds));
+    }
+    s.push_str(&format!(
+        "- total: {:.1} s ({:.2} h)\n",
+        p.total_seconds(),
+        p.total_seconds() / 3600.0
+    ));
+    let commits = p.stage_commits();
+    if commits.len() > 1 {
+        s.push_str(&format!(
+            "- this run was interrupted and resumed; its stages ran on commits {}\n",
+            commits
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     s
 }
@@ -349,6 +369,8 @@ pub(crate) mod tests {
             stages: vec![super::super::provenance::Stage {
                 name: "train CNN".into(),
                 seconds: 1.0,
+                commit: Some("abc".into()),
+                finished_unix: Some(1),
             }],
             command: "cargo xtask reproduce table2".into(),
         };

@@ -133,9 +133,32 @@ pub fn run_row<M: Differentiable + ?Sized>(
     labels: &[u32],
     seed: u64,
 ) -> Result<BatchResult> {
+    run_row_at(
+        row,
+        sizes,
+        ds,
+        model,
+        xs,
+        labels,
+        seed,
+        ds.epsilon(row.norm()),
+    )
+}
+
+/// [`run_row`] at an epsilon of the caller's choice (`cargo xtask eval --epsilon`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_row_at<M: Differentiable + ?Sized>(
+    row: RowSpec,
+    sizes: &EvalSizes,
+    ds: eabs_attacks::paper::Dataset,
+    model: &M,
+    xs: &Tensor,
+    labels: &[u32],
+    seed: u64,
+    eps: f64,
+) -> Result<BatchResult> {
     let c = Criterion::misclassification(labels.to_vec());
     let norm = row.norm();
-    let eps = ds.epsilon(norm);
     match row.attack {
         "pgd" => fixed(
             &Pgd::new(pgd_config(sizes, ds, norm, seed))?,

@@ -30,7 +30,6 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
     let started = unix_time();
     // The revision of the code that runs: read now, since the tree may change during a long run.
     let commit = git_revision(Path::new("."));
-    let mut timer = Timer::new();
     let device = args.device.device()?;
     let sizes = {
         let mut s = EvalSizes::of(args.preset);
@@ -41,6 +40,11 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
     };
     let family = Family::from(kind);
     let data_dir = args.data_dir.as_deref();
+    let out_dir = args.out.join(table).join(args.preset.as_str());
+    let ckpt_root = checkpoint_root(&args.checkpoints, family, args.preset, args.seed);
+    let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
+    // Stage times survive interruptions: a resumed run reports every invocation's time.
+    let mut timer = Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?;
     let (train, val, test) = timer.stage("load data", || {
         Ok((
             load(kind, Split::Train, data_dir, args.seed)?,
@@ -49,9 +53,6 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
         ))
     })?;
     let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
-    let out_dir = args.out.join(table).join(args.preset.as_str());
-    let ckpt_root = checkpoint_root(&args.checkpoints, family, args.preset, args.seed);
-    let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
     let ds = attack_dataset(kind);
 
     let mut outcomes: Outcomes = BTreeMap::new();

@@ -1,0 +1,314 @@
+//! `cargo xtask eval`: one model, one attack, one number (with its 95% interval), for users who
+//! want a single figure rather than a table.
+//!
+//! The model comes from the checkpoint tree `train` and `reproduce` share (or `--checkpoint`);
+//! eval never trains. The attack is the paper's (Section 4.2) at the preset's sizes, at the
+//! dataset's epsilon unless `--epsilon` says otherwise. Samples are the same seeded subset as
+//! `reproduce` uses, and every finished batch is journaled under
+//! `<out>/eval/journal/`, so an interrupted evaluation resumes.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use eabs_attacks::{Eot, Norm};
+use eabs_datasets::{load, Split};
+use eabs_inference::LatentInference;
+use eabs_models::Model;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+use crate::reproduce::evaluate::{evaluate, select_subset};
+use crate::reproduce::preset::{train_config, EvalSizes};
+use crate::reproduce::provenance::{git_revision, unix_time, Hardware, Timer};
+use crate::reproduce::rows::{clean_row, run_row_at, RowSpec};
+use crate::reproduce::zoo::{attack_dataset, default_inference, to_evaluated};
+use crate::train::ModelArgs;
+
+/// The attacks of Tables 1-4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttackArg {
+    /// No attack: clean accuracy.
+    Clean,
+    /// PGD with random starts (L_inf or L_2).
+    Pgd,
+    /// DeepFool (L_inf or L_2).
+    Deepfool,
+    /// Additive Gaussian noise of growing size (L_inf or L_2).
+    Noise,
+    /// Decoupled direction and norm (L_2).
+    Ddn,
+    /// Carlini-Wagner with binary search (L_2).
+    Cw,
+}
+
+impl AttackArg {
+    fn name(self) -> &'static str {
+        match self {
+            AttackArg::Clean => "clean",
+            AttackArg::Pgd => "pgd",
+            AttackArg::Deepfool => "deepfool",
+            AttackArg::Noise => "noise",
+            AttackArg::Ddn => "ddn",
+            AttackArg::Cw => "cw",
+        }
+    }
+}
+
+/// Perturbation norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormArg {
+    /// L_inf.
+    Linf,
+    /// L_2.
+    L2,
+}
+
+/// ABS-style latent inference (Section 3.3; Table 5's V).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InferenceArg {
+    /// Optimise the latent mean only (ABS).
+    Exact,
+    /// Optimise mean and variance with the reparameterisation trick (E-ABS).
+    Variational,
+}
+
+/// Arguments of `cargo xtask eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Evaluate this checkpoint instead of the preset's best one.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// The attack (`clean` for clean accuracy).
+    #[arg(long, value_enum, default_value_t = AttackArg::Clean)]
+    pub attack: AttackArg,
+    /// Norm of the attack (DDN and CW are L_2 only).
+    #[arg(long, value_enum)]
+    pub norm: Option<NormArg>,
+    /// Perturbation budget (default: the dataset's, Section 4.2).
+    #[arg(long)]
+    pub epsilon: Option<f64>,
+    /// Number of test samples (default: the preset's).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Latent inference of an ABS-like model (default: exact for ABS, variational otherwise).
+    #[arg(long, value_enum)]
+    pub inference: Option<InferenceArg>,
+    /// Where the journal (for resuming) goes: `<out>/eval/journal/...`.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Also write the result (with per-sample outcomes and provenance) to this JSON file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The row an attack and norm make, or why they do not make one.
+fn row_of(attack: AttackArg, norm: Option<NormArg>) -> Result<Option<RowSpec>> {
+    let norm = match (attack, norm) {
+        (AttackArg::Clean, None) => return Ok(None),
+        (AttackArg::Clean, Some(_)) => bail!("--norm makes no sense for clean accuracy"),
+        (AttackArg::Ddn | AttackArg::Cw, None | Some(NormArg::L2)) => "l2",
+        (AttackArg::Ddn | AttackArg::Cw, Some(NormArg::Linf)) => {
+            bail!("{} is an L_2 attack; use --norm l2", attack.name())
+        }
+        (_, None) => bail!("--norm linf or --norm l2 is needed for {}", attack.name()),
+        (_, Some(NormArg::Linf)) => "linf",
+        (_, Some(NormArg::L2)) => "l2",
+    };
+    Ok(Some(RowSpec {
+        norm,
+        attack: attack.name(),
+    }))
+}
+
+/// Runs `cargo xtask eval`.
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let a = &args.model;
+    let commit = git_revision(Path::new("."));
+    let started = unix_time();
+    let row = row_of(args.attack, args.norm)?;
+    let device = a.device.device()?;
+    let mut sizes = EvalSizes::of(a.preset);
+    if let Some(n) = args.samples {
+        sizes.n_samples = n;
+    }
+    let ds = attack_dataset(a.dataset);
+    let eps = match (row, args.epsilon) {
+        (None, _) => 0.0,
+        (Some(_), Some(e)) if !(e.is_finite() && e >= 0.0) => {
+            bail!("--epsilon must be a finite non-negative number, got {e}")
+        }
+        (Some(_), Some(e)) => e,
+        (Some(r), None) => ds.epsilon(r.norm()),
+    };
+    let ckpt = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| a.model_dir().join("best.safetensors"));
+    if !ckpt.is_file() {
+        bail!(
+            "no checkpoint at {}: train it first with `cargo xtask train --dataset {} --model {} --preset {} --seed {}` \
+             (or pass --checkpoint FILE)",
+            ckpt.display(),
+            a.dataset.name(),
+            a.model.name().to_lowercase(),
+            a.preset.as_str(),
+            a.seed
+        );
+    }
+    let model =
+        Model::load(&ckpt, &device).with_context(|| format!("loading {}", ckpt.display()))?;
+    let mode = args.inference.map(|i| match i {
+        InferenceArg::Exact => LatentInference::Exact,
+        InferenceArg::Variational => LatentInference::Variational,
+    });
+    let inference = match &model {
+        Model::Abs(m) => Some(mode.unwrap_or_else(|| default_inference(m.variant()))),
+        Model::Cnn(_) if mode.is_some() => {
+            bail!(
+                "--inference applies to ABS-like models; {} is a CNN",
+                ckpt.display()
+            )
+        }
+        Model::Cnn(_) => None,
+    };
+    let evaluated = to_evaluated(model, &sizes, mode, a.seed)?;
+    let clf = evaluated.classifier();
+    let stochastic = clf.is_stochastic();
+    let data_dir = a.data_dir.as_deref();
+    let test = load(a.dataset, Split::Test, data_dir, a.seed)?;
+    let subset = select_subset(test.len(), sizes.n_samples, a.seed)?;
+
+    let row_name = row.map_or("clean".to_string(), |r| format!("{}-{}", r.norm, r.attack));
+    let mode_name = inference.map_or(String::new(), |m| format!("-{m:?}").to_lowercase());
+    let journal = args
+        .out
+        .join("eval")
+        .join("journal")
+        .join(a.dataset.name())
+        .join(a.preset.as_str())
+        .join(format!("seed{}", a.seed))
+        .join(format!("{}{mode_name}", a.model.name()))
+        .join(format!("{row_name}-eps{eps}.jsonl"));
+    let mut attack_sizes = serde_json::to_value(&sizes)?;
+    if let Some(o) = attack_sizes.as_object_mut() {
+        o.remove("n_samples");
+        o.remove("batch_size");
+    }
+    let attack_seed = a.seed.wrapping_mul(1000).wrapping_add(7919);
+    let settings = serde_json::json!({
+        "checkpoint": ckpt,
+        "train": train_config(a.preset, a.dataset.into(), a.model, a.seed),
+        "inference": inference,
+        "row": row_name,
+        "epsilon": eps,
+        "sizes": attack_sizes,
+        "attack_seed": attack_seed,
+        "eot": stochastic,
+    });
+    let label = format!("{} {row_name}", a.model.name());
+    let mut timer = Timer::new();
+    let records = timer.stage(&label, || {
+        evaluate(
+            &journal,
+            &settings,
+            &label,
+            &test,
+            &subset,
+            1,
+            sizes.batch_size,
+            &device,
+            &mut |xs, ys| match row {
+                None => clean_row(clf, xs, ys),
+                Some(r) if stochastic => {
+                    let eot = Eot::new(clf, sizes.eot_samples)?;
+                    run_row_at(r, &sizes, ds, &eot, xs, ys, attack_seed, eps)
+                }
+                Some(r) => run_row_at(r, &sizes, ds, clf, xs, ys, attack_seed, eps),
+            },
+        )
+    })?;
+    let robust: Vec<bool> = records.iter().map(|r| r.robust[0]).collect();
+    let acc = eabs_stats::accuracy(&robust, 0.95)?;
+    let what = match row {
+        None => "clean accuracy".to_string(),
+        Some(r) => format!(
+            "accuracy under {} {} at eps = {eps}",
+            r.attack,
+            if r.norm() == Norm::Linf {
+                "L_inf"
+            } else {
+                "L_2"
+            }
+        ),
+    };
+    println!(
+        "{} on {} ({}{}): {what}: {:.1}% ({}/{}), 95% interval [{:.1}, {:.1}]",
+        a.model.name(),
+        a.dataset.name(),
+        ckpt.display(),
+        inference.map_or(String::new(), |m| format!(", {m:?} inference")),
+        100.0 * acc.rate,
+        acc.correct,
+        acc.total,
+        100.0 * acc.lower,
+        100.0 * acc.upper
+    );
+    if let Some(path) = &args.json {
+        crate::reproduce::write_json(
+            path,
+            &serde_json::json!({
+                "model": a.model.name(),
+                "dataset": a.dataset.name(),
+                "checkpoint": ckpt,
+                "inference": inference,
+                "row": row_name,
+                "epsilon": eps,
+                "accuracy": acc,
+                "samples": subset,
+                "robust": robust,
+                "distances": records.iter().map(|r| r.distance[0]).collect::<Vec<_>>(),
+                "settings": settings,
+                "provenance": {
+                    "commit": commit,
+                    "preset": a.preset.as_str(),
+                    "seed": a.seed,
+                    "device": format!("{:?}", a.device).to_lowercase(),
+                    "hardware": Hardware::detect(),
+                    "started_unix": started,
+                    "finished_unix": unix_time(),
+                    "stages": timer.into_stages(),
+                    "command": std::iter::once("cargo xtask".to_string())
+                        .chain(std::env::args().skip(1))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                },
+            }),
+        )?;
+        println!("written to {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attack_and_norm_combinations() {
+        assert!(row_of(AttackArg::Clean, None).unwrap().is_none());
+        assert!(row_of(AttackArg::Clean, Some(NormArg::L2)).is_err());
+        let r = row_of(AttackArg::Cw, None).unwrap().unwrap();
+        assert_eq!((r.norm, r.attack), ("l2", "cw"));
+        let err = row_of(AttackArg::Ddn, Some(NormArg::Linf)).unwrap_err();
+        assert!(err.to_string().contains("L_2 attack"), "{err}");
+        assert!(row_of(AttackArg::Pgd, None).is_err());
+        let r = row_of(AttackArg::Deepfool, Some(NormArg::Linf))
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.norm, r.attack), ("linf", "deepfool"));
+    }
+}
