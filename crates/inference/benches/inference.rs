@@ -94,6 +94,8 @@ fn run(family: Family, name: &str) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As xtask does: keep freed memory in the process (see eabs_kernels::allocator).
+    eabs_kernels::retain_freed_memory();
     let which = std::env::var("EABS_BENCH_ARCH").unwrap_or_else(|_| "both".into());
     if which == "mnist" || which == "both" {
         run(Family::Mnist, "MNIST")?;

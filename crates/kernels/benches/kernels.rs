@@ -263,6 +263,8 @@ fn fused(reps: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // As xtask does: keep freed memory in the process (see eabs_kernels::allocator).
+    eabs_kernels::retain_freed_memory();
     let reps = env_usize("EABS_BENCH_REPS", 3);
     let n = env_usize("EABS_BENCH_BATCH", 256);
     let dev = Device::Cpu;

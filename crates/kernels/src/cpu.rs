@@ -121,6 +121,33 @@ pub(crate) fn out_buffer(len: usize) -> Vec<f32> {
     }
 }
 
+/// Runs `f` on a scratch buffer of `len` floats that the calling thread keeps between calls, so
+/// the per-chunk `cols` and transposition buffers (megabytes each, several per layer and step)
+/// are neither reallocated nor re-zeroed: `f` must write every element before reading it (in
+/// debug builds the buffer is poisoned with NaN on every call, as [`out_buffer`] is). A nested
+/// call on the same thread gets a fresh buffer.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    use std::cell::RefCell;
+    thread_local! {
+        static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                // Free the old buffer before allocating the larger one.
+                *buf = Vec::new();
+                *buf = vec![0.0; len];
+            }
+            let s = &mut buf[..len];
+            if cfg!(debug_assertions) {
+                s.fill(f32::NAN);
+            }
+            f(s)
+        }
+        Err(_) => f(&mut out_buffer(len)),
+    })
+}
+
 /// Range `lo..hi` of small-grid positions `o` whose big-grid position `o * stride + tap - pad`
 /// lies inside `0..big_len`.
 #[inline]
@@ -316,25 +343,26 @@ pub(crate) fn small_from_big(
     let run = |(big_c, out_c): (&[f32], &mut [f32])| {
         let nb = out_c.len() / g.small_len();
         let n_cols = nb * p;
-        let mut cols = out_buffer(k * n_cols);
-        im2col(g, big_c, nb, &mut cols);
-        let mut tmp = out_buffer(g.c_small * n_cols);
-        sgemm(g.c_small, n_cols, k, &mut tmp, w, false, &cols, false, par);
-        // (c_small, nb * p) -> (nb, c_small, p), adding the bias.
-        for b in 0..nb {
-            for c in 0..g.c_small {
-                let src = &tmp[c * n_cols + b * p..c * n_cols + (b + 1) * p];
-                let dst = &mut out_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p];
-                match bias {
-                    Some(bs) => {
-                        for (d, s) in dst.iter_mut().zip(src) {
-                            *d = *s + bs[c];
+        with_scratch((k + g.c_small) * n_cols, |scratch| {
+            let (cols, tmp) = scratch.split_at_mut(k * n_cols);
+            im2col(g, big_c, nb, cols);
+            sgemm(g.c_small, n_cols, k, tmp, w, false, cols, false, par);
+            // (c_small, nb * p) -> (nb, c_small, p), adding the bias.
+            for b in 0..nb {
+                for c in 0..g.c_small {
+                    let src = &tmp[c * n_cols + b * p..c * n_cols + (b + 1) * p];
+                    let dst = &mut out_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p];
+                    match bias {
+                        Some(bs) => {
+                            for (d, s) in dst.iter_mut().zip(src) {
+                                *d = *s + bs[c];
+                            }
                         }
+                        None => dst.copy_from_slice(src),
                     }
-                    None => dst.copy_from_slice(src),
                 }
             }
-        }
+        });
     };
     let big_chunk = chunk * g.big_len();
     let out_chunk = chunk * g.small_len();
@@ -353,6 +381,11 @@ pub(crate) fn small_from_big(
 /// `conv_transpose2d` forward in our geometry: `big = col2im(Wᵀ · small) + bias`, with `w:
 /// (c_small, c_big, kh, kw)`, `small: (n, c_small, h_small, w_small)`, result `(n, c_big, h_big,
 /// w_big)`.
+///
+/// A sub-pixel alternative (one im2col of the *small* grid and one GEMM per stride phase, each
+/// output written once) was measured 1.3-3x slower on the decoders of Table 9: their channel
+/// count halves at every layer, so the small grid's im2col is `c_small / c_big` times larger
+/// than the `cols` matrix this version scatters.
 pub(crate) fn big_from_small(
     g: &ConvGeom,
     small: &[f32],
@@ -371,17 +404,18 @@ pub(crate) fn big_from_small(
         let nb = out_c.len() / g.big_len();
         let n_cols = nb * p;
         // (nb, c_small, p) -> (c_small, nb * p): the batch joins the GEMM's N.
-        let mut xs = out_buffer(g.c_small * n_cols);
-        for b in 0..nb {
-            for c in 0..g.c_small {
-                xs[c * n_cols + b * p..c * n_cols + (b + 1) * p].copy_from_slice(
-                    &small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p],
-                );
+        with_scratch((g.c_small + k) * n_cols, |scratch| {
+            let (xs, cols) = scratch.split_at_mut(g.c_small * n_cols);
+            for b in 0..nb {
+                for c in 0..g.c_small {
+                    xs[c * n_cols + b * p..c * n_cols + (b + 1) * p].copy_from_slice(
+                        &small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p],
+                    );
+                }
             }
-        }
-        let mut cols = out_buffer(k * n_cols);
-        sgemm(k, n_cols, g.c_small, &mut cols, w, true, &xs, false, par);
-        col2im(g, &cols, nb, out_c, bias);
+            sgemm(k, n_cols, g.c_small, cols, w, true, xs, false, par);
+            col2im(g, cols, nb, out_c, bias);
+        });
     };
     let small_chunk = chunk * g.small_len();
     let out_chunk = chunk * g.big_len();
@@ -414,18 +448,19 @@ pub(crate) fn weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> 
     let run = |(big_c, small_c): (&[f32], &[f32])| -> Vec<f32> {
         let nb = small_c.len() / g.small_len();
         let n_cols = nb * p;
-        let mut cols = out_buffer(k * n_cols);
-        im2col(g, big_c, nb, &mut cols);
-        let mut ys = out_buffer(g.c_small * n_cols);
-        for b in 0..nb {
-            for c in 0..g.c_small {
-                ys[c * n_cols + b * p..c * n_cols + (b + 1) * p].copy_from_slice(
-                    &small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p],
-                );
-            }
-        }
         let mut gw = out_buffer(len);
-        sgemm(g.c_small, k, n_cols, &mut gw, &ys, false, &cols, true, par);
+        with_scratch((k + g.c_small) * n_cols, |scratch| {
+            let (cols, ys) = scratch.split_at_mut(k * n_cols);
+            im2col(g, big_c, nb, cols);
+            for b in 0..nb {
+                for c in 0..g.c_small {
+                    ys[c * n_cols + b * p..c * n_cols + (b + 1) * p].copy_from_slice(
+                        &small_c[(b * g.c_small + c) * p..(b * g.c_small + c + 1) * p],
+                    );
+                }
+            }
+            sgemm(g.c_small, k, n_cols, &mut gw, ys, false, cols, true, par);
+        });
         gw
     };
     let add = |mut a: Vec<f32>, b: Vec<f32>| {

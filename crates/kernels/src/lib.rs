@@ -43,11 +43,13 @@
 #![warn(missing_docs)]
 
 mod activation;
+pub mod allocator;
 mod batch_norm;
 mod conv;
 mod cpu;
 mod storage;
 
+pub use allocator::retain_freed_memory;
 use candle_core::{bail, DType, Result, Tensor};
 
 /// True when the custom CPU kernels apply: every tensor on the CPU and f32.

@@ -31,6 +31,8 @@ fn time<F: FnMut() -> anyhow::Result<()>>(reps: usize, mut f: F) -> anyhow::Resu
 }
 
 fn main() -> anyhow::Result<()> {
+    // As xtask does: keep freed memory in the process (see eabs_kernels::allocator).
+    eabs_kernels::retain_freed_memory();
     let reps: usize = std::env::var("EABS_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
