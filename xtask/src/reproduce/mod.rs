@@ -6,8 +6,13 @@
 //! (per-sample outcomes, so McNemar and the ALL rows can be recomputed), `config.json`, and
 //! `journal/` (the per-sample journals that make an interrupted run resume).
 
+mod ablation;
 pub mod evaluate;
+mod examples;
+mod figure3;
+mod gradient_free;
 pub mod journal;
+mod plot;
 pub mod preset;
 pub mod provenance;
 pub mod report;
@@ -125,16 +130,25 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         Target::Table2 => vec![("table2", DatasetKind::FashionMnist)],
         Target::Table3 => vec![("table3", DatasetKind::SuperTraffic10)],
         Target::Table4 => vec![("table4", DatasetKind::Svhn)],
+        Target::Fig3 => return figure3::run(args, &command),
+        Target::Fig4 => return examples::run("fig4", DatasetKind::Mnist, args, &command),
+        Target::Fig5 => return examples::run("fig5", DatasetKind::Svhn, args, &command),
+        Target::Table5 | Target::GradientFree => {
+            let dir = if args.target == Target::Table5 {
+                ablation::run(args, &command)?
+            } else {
+                gradient_free::run(args, &command)?
+            };
+            println!("{}", std::fs::read_to_string(dir.join("table.md"))?);
+            println!("results written to {}", dir.display());
+            return Ok(());
+        }
         Target::All => vec![
             ("table1", DatasetKind::Mnist),
             ("table2", DatasetKind::FashionMnist),
             ("table3", DatasetKind::SuperTraffic10),
             ("table4", DatasetKind::Svhn),
         ],
-        other => bail!(
-            "`reproduce {}` is not implemented yet",
-            format!("{other:?}").to_lowercase()
-        ),
     };
     if args.dataset.is_some() {
         bail!(

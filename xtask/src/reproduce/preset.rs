@@ -122,6 +122,69 @@ impl EvalSizes {
     }
 }
 
+/// Sizes of Section 5's gradient-free check (`reproduce gradient-free`; Section 4.2,
+/// "Gradient-free attacks"). A struct of its own rather than fields of [`EvalSizes`]: the
+/// serialised `EvalSizes` is part of the settings fingerprint of every Table 1-4 journal, so new
+/// fields there would stop existing journals from resuming.
+#[derive(Debug, Clone, Serialize)]
+pub struct GradientFreeSizes {
+    /// Test samples evaluated (the paper's default, Section 4.5: 1000).
+    pub n_samples: usize,
+    /// Samples per attacked batch. Results do not depend on it (every random draw is per
+    /// sample); it sets the granularity of the journal, so an interrupted run loses at most one
+    /// batch of these long attacks.
+    pub batch_size: usize,
+    /// Boundary attack iterations (100000, Section 4.2).
+    pub boundary_steps: usize,
+    /// Steps of PGD with estimated gradients (50, Section 4.2).
+    pub nes_pgd_steps: usize,
+    /// Random starts of PGD with estimated gradients. The paper gives none; 1, as
+    /// `PgdConfig::paper_estimated` (our choice).
+    pub nes_pgd_restarts: usize,
+    /// Directions per estimated gradient, in antithetic pairs (even). The paper gives no
+    /// estimator settings; 100 (50 pairs, `EstimatorConfig::paper`) is our choice.
+    pub nes_samples: usize,
+}
+
+impl GradientFreeSizes {
+    /// The sizes of `preset`.
+    pub fn of(preset: PresetName) -> Self {
+        match preset {
+            PresetName::Paper => Self {
+                n_samples: 1000,
+                batch_size: 100,
+                boundary_steps: 100_000,
+                nes_pgd_steps: 50,
+                nes_pgd_restarts: 1,
+                nes_samples: 100,
+            },
+            // E-ABS's inference dominates: about 0.15 s per image and pass at the quick
+            // inference sizes on the loaded 2-core machine, times 2 EOT passes. Per image these
+            // sizes cost 2 x 10 x (10 + 1) x 2 = 440 passes of estimated-gradient PGD and
+            // 250 x 1.1 x 2 = 550 of Boundary: roughly 50 minutes for 20 images, the CNN a
+            // minute. Too few to be conclusive on their own; the CNN column says whether they
+            // suffice to break an undefended model.
+            PresetName::Quick => Self {
+                n_samples: 20,
+                batch_size: 10,
+                boundary_steps: 250,
+                nes_pgd_steps: 10,
+                nes_pgd_restarts: 1,
+                nes_samples: 10,
+            },
+            // Two batches, so that journaling across batches is exercised.
+            PresetName::Smoke => Self {
+                n_samples: 4,
+                batch_size: 2,
+                boundary_steps: 20,
+                nes_pgd_steps: 2,
+                nes_pgd_restarts: 1,
+                nes_samples: 4,
+            },
+        }
+    }
+}
+
 /// Training configuration of `kind` on `family` under `preset`, with the run's seed.
 pub fn train_config(preset: PresetName, family: Family, kind: ModelKind, seed: u64) -> TrainConfig {
     let c = match preset {

@@ -23,6 +23,9 @@ fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 
 /// Verifies the results directory `dir` (e.g. `results/table2/smoke`).
 pub fn run(dir: &Path) -> Result<()> {
+    if dir.join("figure.md").is_file() {
+        return super::plot::verify(dir);
+    }
     for f in ["table.md", "results.json", "outcomes.json", "config.json"] {
         ensure!(dir.join(f).is_file(), "{} is missing {f}", dir.display());
     }

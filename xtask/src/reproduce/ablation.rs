@@ -1,0 +1,439 @@
+//! Table 5, the ablation study (Section 4.4): all eight combinations of E-ABS's three extensions
+//! to ABS under bounded PGD on SVHN (or `--dataset`).
+//!
+//! The extensions are A (adversarial autoencoders instead of VAEs, Section 3.1), D (a shared
+//! encoder and the discriminative loss of eq. (4), Section 3.2) and V (variational inference of
+//! mean and variance instead of exact inference of the mean, Section 3.3, eq. (6)). A and D are
+//! training-time choices, V an inference-time one, so the eight columns come from four trained
+//! models (ABS, A-ABS, D-ABS and AD-ABS = E-ABS's training), each evaluated with both
+//! inference modes. ABS and E-ABS are trained in the checkpoint root of `reproduce table4`
+//! ([`super::zoo::checkpoint_root`]), so the two experiments share them.
+//!
+//! # Inference per column (our decisions where the paper is silent)
+//! The paper states only exact versus variational inference. Everything else follows
+//! [`eabs_inference::FrozenAbsModel::inference_config`] at the preset's sizes:
+//!
+//! | column | model | inference | encoder proposal `Q(Z|x)` among the candidates |
+//! |---|---|---|---|
+//! | ABS | ABS | exact (the reference's `get_ABS`) | no (as the reference) |
+//! | A-ABS, D-ABS, AD-ABS | A-ABS, D-ABS, E-ABS | exact | yes |
+//! | V-ABS | ABS | variational | no (ABS does not use its encoders at inference) |
+//! | AV-ABS, DV-ABS, E-ABS | A-ABS, D-ABS, E-ABS | variational | yes |
+//!
+//! VAE models weight the Gaussian KL term with their training beta; AAE models use their
+//! discriminator's `-log D(z)` term. Exact inference is deterministic; the four variational
+//! columns are randomised, so PGD averages their gradients and logits with EOT exactly as
+//! Tables 1-4 do (Section 4.2).
+//!
+//! # Rows and statistics
+//! Clean accuracy and PGD at the dataset's L_inf and L_2 epsilons, with the settings of Tables
+//! 1-4 ([`super::rows::pgd_config`], same attack seeds). No "ALL" rows: each norm has one
+//! attack. McNemar's test between every pair of columns is computed per row; since the shared
+//! report renders matrices for "ALL" rows only, this module appends the per-row matrices to
+//! `table.md`.
+//!
+//! The paper's numbers are shown beside ours only on SVHN, the dataset they were measured on.
+
+use anyhow::{Context, Result};
+use eabs_attacks::Eot;
+use eabs_datasets::{load, DatasetKind, Split};
+use eabs_inference::LatentInference;
+use eabs_models::{Family, ModelKind, Variant};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::evaluate::{evaluate, select_subset};
+use super::preset::{train_config, EvalSizes};
+use super::provenance::{git_revision, unix_time, Hardware, Provenance, Timer};
+use super::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
+use super::rows::{clean_row, run_row, RowSpec, ATTACK_ROWS};
+use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated, Evaluated};
+use super::ReproduceArgs;
+
+/// One column of Table 5: a trained variant (A, D) and its latent inference (V).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    /// The trained model (A and D).
+    pub variant: Variant,
+    /// Exact, or variational (V).
+    pub mode: LatentInference,
+}
+
+impl Column {
+    /// The paper's name: the letters of the extensions in the order A, D, V before "-ABS";
+    /// "ABS" with none and "E-ABS" with all three (the paper's "ADV-ABS (E-ABS)").
+    pub fn name(self) -> String {
+        let v = self.mode == LatentInference::Variational;
+        let letters: String = [
+            (self.variant.adversarial, 'A'),
+            (self.variant.discriminative, 'D'),
+            (v, 'V'),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, c)| *c)
+        .collect();
+        match letters.as_str() {
+            "" => "ABS".into(),
+            "ADV" => "E-ABS".into(),
+            l => format!("{l}-ABS"),
+        }
+    }
+
+    /// The trained model behind the column.
+    pub fn kind(self) -> ModelKind {
+        ModelKind::Abs(self.variant)
+    }
+}
+
+const fn col(variant: Variant, variational: bool) -> Column {
+    Column {
+        variant,
+        mode: if variational {
+            LatentInference::Variational
+        } else {
+            LatentInference::Exact
+        },
+    }
+}
+
+/// The columns in the paper's order: ABS, A-ABS, D-ABS, V-ABS, AD-ABS, AV-ABS, DV-ABS, E-ABS.
+pub const COLUMNS: [Column; 8] = [
+    col(Variant::ABS, false),
+    col(Variant::A_ABS, false),
+    col(Variant::D_ABS, false),
+    col(Variant::ABS, true),
+    col(Variant::E_ABS, false),
+    col(Variant::A_ABS, true),
+    col(Variant::D_ABS, true),
+    col(Variant::E_ABS, true),
+];
+
+/// The models to train, each once, in the order their first column appears.
+pub fn trained_variants(columns: &[Column]) -> Vec<Variant> {
+    let mut out: Vec<Variant> = Vec::new();
+    for c in columns {
+        if !out.contains(&c.variant) {
+            out.push(c.variant);
+        }
+    }
+    out
+}
+
+/// Table 5's attack rows with their index in [`ATTACK_ROWS`], which seeds the attack as in
+/// Tables 1-4: PGD in L_inf, then in L_2.
+pub fn pgd_rows() -> Vec<(usize, RowSpec)> {
+    ATTACK_ROWS
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, r)| r.attack == "pgd")
+        .collect()
+}
+
+/// The evaluation sizes that fingerprint an attack journal: all but the number of samples and
+/// the batch size, which the per-sample records check themselves.
+pub(super) fn attack_fingerprint(sizes: &impl serde::Serialize) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(sizes)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("n_samples");
+        o.remove("batch_size");
+    }
+    Ok(v)
+}
+
+/// The full inference configuration of an evaluated model (null for CNNs), for fingerprints
+/// and `config.json`.
+pub(super) fn inference_settings(e: &Evaluated) -> Result<serde_json::Value> {
+    Ok(match e {
+        Evaluated::Cnn(_) => serde_json::Value::Null,
+        Evaluated::Abs(a) => serde_json::to_value(a.inference().config())?,
+    })
+}
+
+/// Inserts `extra` sections into a table rendered by [`to_markdown`], before its provenance
+/// (or at the end if it has none).
+pub(super) fn insert_before_provenance(md: &str, extra: &str) -> String {
+    match md.find("\n## Provenance") {
+        Some(at) => format!("{}{extra}{}", &md[..at], &md[at..]),
+        None => format!("{md}{extra}"),
+    }
+}
+
+/// McNemar's p-value matrix of every row but the "ALL" rows, which the shared renderer shows
+/// already (Table 5 has none).
+pub(super) fn per_row_mcnemar(report: &TableReport) -> String {
+    let mut s = String::new();
+    for c in report.comparisons.iter().filter(|c| c.attack != "all") {
+        let row = if c.norm == "none" {
+            "clean".to_string()
+        } else {
+            format!(
+                "{} {}",
+                if c.norm == "linf" { "L_inf" } else { "L_2" },
+                c.attack.to_uppercase()
+            )
+        };
+        s.push_str(&format!(
+            "\n## McNemar's test p-values, {row} (alpha = {})\n\n{}\n{}\n",
+            c.mcnemar.alpha(),
+            c.mcnemar.to_markdown(),
+            c.mcnemar.summary()
+        ));
+    }
+    s
+}
+
+/// Reproduces Table 5; returns the results directory.
+pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
+    let started = unix_time();
+    let commit = git_revision(Path::new("."));
+    let device = args.device.device()?;
+    let (kind, dir_name) = args.experiment_dataset("table5", DatasetKind::Svhn);
+    let sizes = {
+        let mut s = EvalSizes::of(args.preset);
+        if let Some(n) = args.samples {
+            s.n_samples = n;
+        }
+        s
+    };
+    let family = Family::from(kind);
+    let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
+    let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
+    // Stage times survive interruptions: a resumed run reports every invocation's time.
+    let mut timer = Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?;
+    let data_dir = args.data_dir.as_deref();
+    let (train, val, test) = timer.stage("load data", || {
+        Ok((
+            load(kind, Split::Train, data_dir, args.seed)?,
+            load(kind, Split::Validation, data_dir, args.seed)?,
+            load(kind, Split::Test, data_dir, args.seed)?,
+        ))
+    })?;
+    let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
+    let ckpt_root = checkpoint_root(&args.checkpoints, family, args.preset, args.seed);
+    let ds = attack_dataset(kind);
+    let attack_sizes = attack_fingerprint(&sizes)?;
+    let rows = pgd_rows();
+
+    let names: Vec<String> = COLUMNS.iter().map(|c| c.name()).collect();
+    let mut outcomes: Outcomes = BTreeMap::new();
+    let mut column_config = Vec::new();
+    for variant in trained_variants(&COLUMNS) {
+        let mk = ModelKind::Abs(variant);
+        let model = obtain(
+            mk,
+            family,
+            args.preset,
+            args.seed,
+            &ckpt_root,
+            &train,
+            &val,
+            &device,
+            &mut timer,
+        )?;
+        for (c_idx, column) in COLUMNS.iter().enumerate() {
+            if column.variant != variant {
+                continue;
+            }
+            let name = column.name();
+            let inference_seed = args.seed.wrapping_add(c_idx as u64);
+            let evaluated = to_evaluated(model.clone(), &sizes, Some(column.mode), inference_seed)?;
+            let clf = evaluated.classifier();
+            let stochastic = clf.is_stochastic();
+            let model_settings = serde_json::json!({
+                "column": name,
+                "model": column.kind().name(),
+                "train": train_config(args.preset, family, mk, args.seed),
+                "inference": inference_settings(&evaluated)?,
+                "inference_seed": inference_seed,
+                "seed": args.seed,
+            });
+            column_config.push(model_settings.clone());
+            let journal = |row: &str| journal_root.join(&name).join(format!("{row}.jsonl"));
+            let label = format!("{name} clean");
+            let rec = timer.stage(&label, || {
+                evaluate(
+                    &journal("clean"),
+                    &serde_json::json!({ "row": "clean", "model": model_settings }),
+                    &label,
+                    &test,
+                    &subset,
+                    1,
+                    sizes.batch_size,
+                    &device,
+                    &mut |xs, ys| clean_row(clf, xs, ys),
+                )
+            })?;
+            outcomes
+                .entry(("none".into(), "clean".into()))
+                .or_default()
+                .insert(name.clone(), rec.iter().map(|r| r.robust[0]).collect());
+            for &(r_idx, row) in &rows {
+                let label = format!("{name} {} {}", row.norm, row.attack);
+                let seed = args.seed.wrapping_mul(1000).wrapping_add(r_idx as u64);
+                let key = format!("{}-{}", row.norm, row.attack);
+                let rec = timer.stage(&label, || {
+                    evaluate(
+                        &journal(&key),
+                        &serde_json::json!({
+                            "row": key,
+                            "epsilon": ds.epsilon(row.norm()),
+                            "attack_seed": seed,
+                            "sizes": attack_sizes,
+                            "eot": stochastic,
+                            "model": model_settings,
+                        }),
+                        &label,
+                        &test,
+                        &subset,
+                        1,
+                        sizes.batch_size,
+                        &device,
+                        &mut |xs, ys| {
+                            if stochastic {
+                                let eot = Eot::new(clf, sizes.eot_samples)?;
+                                run_row(row, &sizes, ds, &eot, xs, ys, seed)
+                            } else {
+                                run_row(row, &sizes, ds, clf, xs, ys, seed)
+                            }
+                        },
+                    )
+                })?;
+                outcomes
+                    .entry((row.norm.into(), row.attack.into()))
+                    .or_default()
+                    .insert(name.clone(), rec.iter().map(|r| r.robust[0]).collect());
+            }
+        }
+    }
+
+    let mut order: Vec<(String, String, f64)> = vec![("none".into(), "clean".into(), 0.0)];
+    for (_, row) in &rows {
+        order.push((row.norm.into(), row.attack.into(), ds.epsilon(row.norm())));
+    }
+    let config = serde_json::json!({
+        "table": "table5",
+        "dataset": kind.name(),
+        "preset": args.preset,
+        "seed": args.seed,
+        "sizes": sizes,
+        "epsilons": { "linf": ds.linf_epsilon(), "l2": ds.l2_epsilon() },
+        "models": names,
+        "columns": column_config,
+        "checkpoints": ckpt_root,
+    });
+    let provenance = Provenance {
+        commit,
+        preset: args.preset.as_str().into(),
+        seed: args.seed,
+        device: format!("{:?}", args.device).to_lowercase(),
+        hardware: Hardware::detect(),
+        started_unix: started,
+        finished_unix: unix_time(),
+        stages: timer.into_stages(),
+        command: command.into(),
+    };
+    let on_paper_dataset = kind == DatasetKind::Svhn;
+    let paper = |m: &str, n: &str, a: &str| {
+        on_paper_dataset
+            .then(|| crate::paper::paper_accuracy("table5", m, n, a))
+            .flatten()
+    };
+    let report = build(
+        "table5",
+        kind.name(),
+        &names,
+        subset.clone(),
+        &order,
+        &outcomes,
+        &paper,
+        config,
+        provenance,
+    )?;
+    let title = if on_paper_dataset {
+        "Table 5 (svhn): ablation study, accuracy under PGD".to_string()
+    } else {
+        format!(
+            "Table 5's ablation study on {} (the paper's numbers are for SVHN and not shown)",
+            kind.name()
+        )
+    };
+    write_outputs(&out_dir, &report, &outcomes, &title)?;
+    let md = insert_before_provenance(&to_markdown(&report, &title), &per_row_mcnemar(&report));
+    super::write_text(&out_dir.join("table.md"), &md)
+        .with_context(|| format!("writing {}", out_dir.join("table.md").display()))?;
+    Ok(out_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_named_and_ordered_as_the_paper() {
+        let names: Vec<String> = COLUMNS.iter().map(|c| c.name()).collect();
+        assert_eq!(names, crate::paper::ABLATIONS);
+        // Every (variant, mode) pair exactly once.
+        for (i, a) in COLUMNS.iter().enumerate() {
+            assert!(COLUMNS[i + 1..].iter().all(|b| b != a), "{a:?} twice");
+        }
+    }
+
+    #[test]
+    fn v_is_the_inference_mode_and_a_d_are_the_trained_model() {
+        let by_name =
+            |n: &str| -> Column { *COLUMNS.iter().find(|c| c.name() == n).expect("column") };
+        assert_eq!(by_name("V-ABS").variant, Variant::ABS);
+        assert_eq!(by_name("V-ABS").mode, LatentInference::Variational);
+        assert_eq!(by_name("AD-ABS").variant, Variant::E_ABS);
+        assert_eq!(by_name("AD-ABS").mode, LatentInference::Exact);
+        assert_eq!(by_name("E-ABS").kind(), ModelKind::E_ABS);
+        assert_eq!(by_name("ABS").kind(), ModelKind::ABS);
+        assert_eq!(by_name("DV-ABS").variant, Variant::D_ABS);
+        // Four models to train, in the order their first column appears.
+        assert_eq!(
+            trained_variants(&COLUMNS),
+            vec![Variant::ABS, Variant::A_ABS, Variant::D_ABS, Variant::E_ABS]
+        );
+        // The ABS and E-ABS columns use the inference Tables 1-4 use for those models.
+        for n in ["ABS", "E-ABS"] {
+            let c = by_name(n);
+            assert_eq!(c.mode, super::super::zoo::default_inference(c.variant));
+        }
+    }
+
+    #[test]
+    fn rows_are_clean_then_pgd_in_each_norm() {
+        let rows = pgd_rows();
+        let keys: Vec<(&str, &str)> = rows.iter().map(|(_, r)| (r.norm, r.attack)).collect();
+        assert_eq!(keys, crate::paper::TABLE5_ROWS[1..]);
+        // The attack seeds index Tables 1-4's rows.
+        assert!(rows.iter().all(|(i, r)| ATTACK_ROWS[*i].attack == r.attack));
+    }
+
+    #[test]
+    fn fingerprint_drops_sample_count_and_batch_size_only() -> Result<()> {
+        let sizes = EvalSizes::of(super::super::preset::PresetName::Smoke);
+        let v = attack_fingerprint(&sizes)?;
+        assert!(v.get("n_samples").is_none() && v.get("batch_size").is_none());
+        assert_eq!(v["pgd_steps"], serde_json::json!(sizes.pgd_steps));
+        assert_eq!(v["eot_samples"], serde_json::json!(sizes.eot_samples));
+        Ok(())
+    }
+
+    #[test]
+    fn per_row_mcnemar_renders_every_row() -> Result<()> {
+        let (report, _) = super::super::report::tests::small_report()?;
+        let md = per_row_mcnemar(&report);
+        assert!(md.contains("p-values, clean"), "{md}");
+        assert!(md.contains("p-values, L_inf PGD"), "{md}");
+        assert!(md.contains("p-values, L_inf DEEPFOOL"), "{md}");
+        assert!(!md.contains("ALL"), "{md}");
+        let full = insert_before_provenance(&to_markdown(&report, "T"), &md);
+        let (m, p) = (full.find("p-values, clean"), full.find("## Provenance"));
+        assert!(m.is_some() && p.is_some() && m < p, "{full}");
+        assert_eq!(insert_before_provenance("a", "b"), "ab");
+        Ok(())
+    }
+}
