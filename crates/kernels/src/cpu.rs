@@ -98,6 +98,26 @@ impl ConvGeom {
         self.c_big * self.kh * self.kw
     }
 
+    /// The kernel covers the whole unpadded big grid, so the small grid is 1x1 and im2col of
+    /// one image is that image read as a column: the whole convolution is one plain GEMM on the
+    /// NCHW buffers, `small (n, c_small) = big (n, k) · Wᵀ`. Table 9's first decoder layers
+    /// (latent 1x1 -> 4x4, kernel 4) and SVHN / SuperTraffic-10's last encoder layer (4x4 ->
+    /// 1x1, kernel 4, no padding) are such layers.
+    pub fn is_full_cover(&self) -> bool {
+        self.h_small == 1
+            && self.w_small == 1
+            && self.pad == 0
+            && self.kh == self.h_big
+            && self.kw == self.w_big
+    }
+
+    /// A 1x1 kernel at stride 1 without padding: per image, `small_b (c_small, p) = W · big_b
+    /// (c_big, p)` on the NCHW planes as they lie, with no im2col, col2im or transposition
+    /// (the decoders' last layer of Table 9).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
     /// Images per chunk: `cols` within [`COLS_BUDGET`], and at least one chunk per thread when
     /// the batch allows it.
     fn chunk_images(&self, threads: usize) -> usize {
@@ -337,6 +357,14 @@ pub(crate) fn small_from_big(
     if g.n == 0 {
         return out;
     }
+    if g.is_full_cover() {
+        full_cover_small_from_big(g, big, w, bias, &mut out);
+        return out;
+    }
+    if g.is_pointwise() {
+        pointwise(g, big, w, false, g.c_big, g.c_small, bias, &mut out);
+        return out;
+    }
     let (chunk, par) = plan(g);
     let p = g.p_small();
     let k = g.k_cols();
@@ -397,6 +425,14 @@ pub(crate) fn big_from_small(
     if g.n == 0 {
         return out;
     }
+    if g.is_full_cover() {
+        full_cover_big_from_small(g, small, w, bias, &mut out);
+        return out;
+    }
+    if g.is_pointwise() {
+        pointwise(g, small, w, true, g.c_small, g.c_big, bias, &mut out);
+        return out;
+    }
     let (chunk, par) = plan(g);
     let p = g.p_small();
     let k = g.k_cols();
@@ -443,6 +479,25 @@ pub(crate) fn weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> 
     if g.n == 0 {
         return vec![0.0; len];
     }
+    if g.is_full_cover() {
+        // gw (c_small, k) = smallᵀ (c_small, n) · big (n, k): one GEMM reducing over the batch.
+        let mut gw = out_buffer(len);
+        sgemm(
+            g.c_small,
+            k,
+            g.n,
+            &mut gw,
+            small,
+            true,
+            big,
+            false,
+            gemm_parallelism(),
+        );
+        return gw;
+    }
+    if g.is_pointwise() {
+        return pointwise_weight_grad(g, big, small);
+    }
     let (chunk, par) = plan(g);
     let p = g.p_small();
     let run = |(big_c, small_c): (&[f32], &[f32])| -> Vec<f32> {
@@ -483,6 +538,173 @@ pub(crate) fn weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> 
             .reduce(add)
     };
     partial.unwrap_or_else(|| vec![0.0; len])
+}
+
+/// Parallelism of one GEMM that has the whole machine to itself.
+fn gemm_parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    }
+}
+
+/// Rows per parallel task when `n` independent rows (images) are split over the threads.
+fn rows_per_task(n: usize) -> usize {
+    n.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+/// [`small_from_big`] for a full-cover geometry ([`ConvGeom::is_full_cover`]): `out (n,
+/// c_small) = big (n, k) · Wᵀ + bias`, the batch split over the threads.
+fn full_cover_small_from_big(
+    g: &ConvGeom,
+    big: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let k = g.k_cols();
+    let rows = rows_per_task(g.n);
+    big.par_chunks(rows * k)
+        .zip(out.par_chunks_mut(rows * g.c_small))
+        .for_each(|(big_c, out_c)| {
+            let nb = out_c.len() / g.c_small;
+            sgemm(
+                nb,
+                g.c_small,
+                k,
+                out_c,
+                big_c,
+                false,
+                w,
+                true,
+                Parallelism::None,
+            );
+            if let Some(bs) = bias {
+                for row in out_c.chunks_mut(g.c_small) {
+                    for (d, b) in row.iter_mut().zip(bs) {
+                        *d += *b;
+                    }
+                }
+            }
+        });
+}
+
+/// [`big_from_small`] for a full-cover geometry: `out (n, k) = small (n, c_small) · W + bias`
+/// (the bias of channel `c` on its `kh * kw` outputs), the batch split over the threads.
+fn full_cover_big_from_small(
+    g: &ConvGeom,
+    small: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let k = g.k_cols();
+    let plane = g.kh * g.kw;
+    let rows = rows_per_task(g.n);
+    small
+        .par_chunks(rows * g.c_small)
+        .zip(out.par_chunks_mut(rows * k))
+        .for_each(|(small_c, out_c)| {
+            let nb = small_c.len() / g.c_small;
+            sgemm(
+                nb,
+                k,
+                g.c_small,
+                out_c,
+                small_c,
+                false,
+                w,
+                false,
+                Parallelism::None,
+            );
+            if let Some(bs) = bias {
+                for row in out_c.chunks_mut(k) {
+                    for (pl, b) in row.chunks_mut(plane).zip(bs) {
+                        pl.iter_mut().for_each(|d| *d += *b);
+                    }
+                }
+            }
+        });
+}
+
+/// Pointwise geometry ([`ConvGeom::is_pointwise`]), either direction: per image, `out_b (c_to,
+/// p) = M · in_b (c_from, p) + bias` with `M = W (c_small, c_big)` read as is (`w_t = false`,
+/// big -> small) or transposed (`w_t = true`, small -> big). Images in parallel.
+#[allow(clippy::too_many_arguments)]
+fn pointwise(
+    g: &ConvGeom,
+    input: &[f32],
+    w: &[f32],
+    w_t: bool,
+    c_from: usize,
+    c_to: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let p = g.p_small();
+    let rows = rows_per_task(g.n);
+    input
+        .par_chunks(rows * c_from * p)
+        .zip(out.par_chunks_mut(rows * c_to * p))
+        .for_each(|(in_c, out_c)| {
+            for (x, y) in in_c.chunks(c_from * p).zip(out_c.chunks_mut(c_to * p)) {
+                sgemm(c_to, p, c_from, y, w, w_t, x, false, Parallelism::None);
+                if let Some(bs) = bias {
+                    for (pl, b) in y.chunks_mut(p).zip(bs) {
+                        pl.iter_mut().for_each(|d| *d += *b);
+                    }
+                }
+            }
+        });
+}
+
+/// [`weight_grad`] for a pointwise geometry: `gw[s, b] = Σ_images <small_img[s], big_img[b]>`
+/// over the `p` pixels of each plane. At Table 9's channel counts (16 x 3 at most) the per-image
+/// product is a handful of dot products, which a GEMM call per image would spend its time
+/// setting up: plain dot products (eight f32 lanes, each plane's sum added in f64), images split
+/// over the threads.
+fn pointwise_weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> {
+    let p = g.p_small();
+    let len = g.c_small * g.c_big;
+    let rows = rows_per_task(g.n);
+    let acc = big
+        .par_chunks(rows * g.big_len())
+        .zip(small.par_chunks(rows * g.small_len()))
+        .map(|(big_c, small_c)| {
+            let mut acc = vec![0.0f64; len];
+            for (x, y) in big_c.chunks(g.big_len()).zip(small_c.chunks(g.small_len())) {
+                for (s, ys) in y.chunks(p).enumerate() {
+                    for (b, xs) in x.chunks(p).enumerate() {
+                        acc[s * g.c_big + b] += dot(ys, xs) as f64;
+                    }
+                }
+            }
+            acc
+        })
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; len]);
+    acc.into_iter().map(|v| v as f32).collect()
+}
+
+/// `Σ a_i b_i` with eight independent accumulators, so that the loop vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// Bias gradient: per-channel sum of `dy: (n, c, p)` over batch and pixels, accumulated in f64.

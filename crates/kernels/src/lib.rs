@@ -51,11 +51,34 @@ mod storage;
 
 pub use allocator::retain_freed_memory;
 use candle_core::{bail, DType, Result, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// True when the custom CPU kernels apply: every tensor on the CPU and f32.
+/// Process-wide switch to Candle's stock ops ([`set_stock_ops`]).
+static STOCK_OPS: AtomicBool = AtomicBool::new(false);
+
+/// Routes every op of this crate through Candle's own ops (the fallback that CUDA and non-f32
+/// dtypes take) when `on`, process-wide, until switched back; returns the previous setting.
+///
+/// For benchmarks that time a whole model "ours against stock Candle" in one run
+/// (`cargo bench -p eabs-models --bench train_step`), and for users who want to rule our kernels
+/// out when a result looks wrong. Results agree to float rounding either way (the tests compare
+/// the two paths); only speed changes. Affects ops built after the call, on every thread.
+pub fn set_stock_ops(on: bool) -> bool {
+    STOCK_OPS.swap(on, Ordering::SeqCst)
+}
+
+/// Whether [`set_stock_ops`] is on.
+pub fn stock_ops() -> bool {
+    STOCK_OPS.load(Ordering::Relaxed)
+}
+
+/// True when the custom CPU kernels apply: every tensor on the CPU and f32, and the stock-op
+/// switch off.
 fn fast_path(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    !stock_ops()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

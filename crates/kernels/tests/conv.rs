@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use common::{assert_close, uniform, Kind, Layer, TABLE9};
+use common::{assert_close, conv, convt, uniform, Kind, Layer, TABLE9};
 
 /// Relative error bound against Candle's op computed in f64 (the task's bound).
 const TOL: f64 = 1e-5;
@@ -101,6 +101,32 @@ fn batch_sizes_bias_and_strided_inputs_match_candle() -> Result<()> {
         check_layer(l, 1, seed, true, false)?;
         check_layer(l, 5, seed + 1, false, false)?;
         check_layer(l, 3, seed + 2, true, true)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn gemm_only_geometries_match_candle() -> Result<()> {
+    // The geometries that skip im2col / col2im (a kernel covering the whole unpadded input; a
+    // 1x1 kernel at stride 1 without padding) beyond Table 9's instances, and near misses that
+    // must take the general path: a 1x1 input whose kernel does not cover the output
+    // (output_padding), a 1x1 kernel at stride 2 or with padding.
+    let layers = [
+        conv("full cover conv, stride 3", 3, 5, 5, 3, 0, 5),
+        conv("full cover conv, 1 channel", 1, 7, 3, 1, 0, 3),
+        convt("full cover convT, stride 3", 6, 2, 5, 3, 0, 0, 1),
+        convt("1x1 input with output_padding", 4, 3, 4, 2, 0, 1, 1),
+        conv("pointwise conv", 6, 4, 1, 1, 0, 5),
+        convt("pointwise convT, many out", 2, 9, 1, 1, 0, 0, 6),
+        conv("1x1 kernel, stride 2", 3, 4, 1, 2, 0, 7),
+        conv("1x1 kernel, padding 1", 3, 4, 1, 1, 1, 4),
+        conv("k3 padding 1 on 3x3 (not full cover)", 2, 3, 3, 1, 1, 3),
+    ];
+    for (i, l) in layers.iter().enumerate() {
+        let seed = 5000 + 10 * i as u64;
+        check_layer(l, 1, seed, true, false)?;
+        check_layer(l, 9, seed + 1, false, false)?;
+        check_layer(l, 4, seed + 2, true, true)?;
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Benchmark of the MNIST E-ABS architecture (Table 9): one training step at batch 512 (Algorithm
 //! 1: encoder, all K = 10 decoders on every latent as eq. (5) needs, discriminator; backward; both
-//! Adam updates), and one evaluation-mode decoder pass over 8000 latents (the ABS / E-ABS
-//! inference pool, Section 3.3), whole and in chunks of 500.
+//! Adam updates) at batch 128 and 512, one gradient step of the latent optimisation for 1000
+//! latents (100 images x 10 classes, Section 3.3), each with our kernels and with Candle's stock
+//! ops in the same run (`eabs_kernels::set_stock_ops`), and one evaluation-mode decoder pass over
+//! 8000 latents (the ABS / E-ABS inference pool), whole and in chunks of 500.
 //!
 //! Reports seconds (min and mean over repetitions), samples/s, achieved GFLOP/s and that as a
 //! share of a plain 1024^3 f32 matmul's GFLOP/s measured in the same run. FLOPs are counted from
@@ -65,45 +67,111 @@ fn main() -> anyhow::Result<()> {
         dec_f / 1e6
     );
     let model = AbsModel::new(&cfg, 0, &dev)?;
-
-    // One E-ABS training step at batch 512.
-    let batch = 512;
-    let mut rng = derive_rng(0, Stream::Noise, 0, 0);
-    let xs = randn(&mut rng, &[batch, 1, 28, 28], &dev)?
-        .affine(0.2, 0.3)?
-        .clamp(0f32, 1f32)?;
-    let labels = Tensor::from_vec(
-        (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
-        batch,
-        &dev,
-    )?;
     let main = model.store().params_without_prefix("discriminator");
     let disc = model.store().params_with_prefix("discriminator");
-    let (mut adam, mut disc_adam) = (Adam::new(), Adam::new());
-    let mut step = 0u64;
-    let (t_min, t_mean) = time(reps, || {
-        step += 1;
-        model.dropout_rng().reseed(step);
-        let mut rng = derive_rng(0, Stream::Step, 0, step);
-        let (parts, latents) = model.training_loss(&xs, &labels, &mut rng)?;
-        adam.step(&parts.total.backward()?, &main, 1e-3)?;
-        if let Some(dl) = model.discriminator_loss(&latents, batch, &mut rng)? {
-            disc_adam.step(&dl.backward()?, &disc, 1e-3)?;
+
+    // One E-ABS training step (Algorithm 1) at batch 128 and 512, with our kernels and with
+    // Candle's stock ops (`eabs_kernels::set_stock_ops`), in this one run.
+    for batch in [128usize, 512] {
+        let mut rng = derive_rng(0, Stream::Noise, 0, batch as u64);
+        let xs = randn(&mut rng, &[batch, 1, 28, 28], &dev)?
+            .affine(0.2, 0.3)?
+            .clamp(0f32, 1f32)?;
+        let labels = Tensor::from_vec(
+            (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
+            batch,
+            &dev,
+        )?;
+        let mut ours_min = f64::NAN;
+        for stock in [false, true] {
+            eabs_kernels::set_stock_ops(stock);
+            let (mut adam, mut disc_adam) = (Adam::new(), Adam::new());
+            let mut step = 0u64;
+            let (t_min, t_mean) = time(reps, || {
+                step += 1;
+                model.dropout_rng().reseed(step);
+                let mut rng = derive_rng(0, Stream::Step, 0, step);
+                let (parts, latents) = model.training_loss(&xs, &labels, &mut rng)?;
+                adam.step(&parts.total.backward()?, &main, 1e-3)?;
+                if let Some(dl) = model.discriminator_loss(&latents, batch, &mut rng)? {
+                    disc_adam.step(&dl.backward()?, &disc, 1e-3)?;
+                }
+                parts.total.to_scalar::<f32>()?;
+                Ok(())
+            })?;
+            let step_flops = 3.0 * batch as f64 * (enc_f + k as f64 * dec_f);
+            let g = step_flops / t_min / 1e9;
+            let speedup = if stock {
+                format!(", ours {:.2}x faster", t_min / ours_min)
+            } else {
+                ours_min = t_min;
+                String::new()
+            };
+            println!(
+                "E-ABS training step, batch {batch}, {k} decoders, {}: min {t_min:.3} s, mean {t_mean:.3} s, {:.0} samples/s, {:.2} GFLOP/s ({:.1}% of matmul){speedup}",
+                if stock { "Candle stock ops" } else { "our kernels" },
+                batch as f64 / t_min,
+                g,
+                100.0 * g / mm_gflops
+            );
         }
-        parts.total.to_scalar::<f32>()?;
-        Ok(())
-    })?;
-    let step_flops = 3.0 * batch as f64 * (enc_f + k as f64 * dec_f);
-    let g = step_flops / t_min / 1e9;
-    println!(
-        "E-ABS training step, batch {batch}, {k} decoders: min {t_min:.3} s, mean {t_mean:.3} s, {:.0} samples/s, {:.2} GFLOP/s ({:.1}% of matmul)",
-        batch as f64 / t_min,
-        g,
-        100.0 * g / mm_gflops
-    );
+        eabs_kernels::set_stock_ops(false);
+    }
+
+    // One gradient step of the latent optimisation (Section 3.3, eq. 6) for 100 images x 10
+    // classes = 1000 latents: every class decoder on its 100 latents, evaluation mode, detached
+    // weights, loss sum_k ||x - G_k(z_k)||^2 - log D(z_k), gradient with respect to z only.
+    let frozen = model.frozen();
+    let n_img = 100;
+    let m = arch.latent_dim;
+    let xs = randn(
+        &mut derive_rng(0, Stream::Noise, 1, 0),
+        &[n_img, 1, 28, 28],
+        &dev,
+    )?
+    .affine(0.2, 0.3)?
+    .clamp(0f32, 1f32)?;
+    let z0 = randn(
+        &mut derive_rng(0, Stream::Step, 2, 0),
+        &[k * n_img, m],
+        &dev,
+    )?;
+    let mut ours_min = f64::NAN;
+    for stock in [false, true] {
+        eabs_kernels::set_stock_ops(stock);
+        let (t_min, t_mean) = time(reps, || {
+            let z = candle_core::Var::from_tensor(&z0)?;
+            let mut loss = Tensor::zeros((), DType::F32, &dev)?;
+            for (c, dec) in frozen.decoders().iter().enumerate() {
+                let zc = z.as_tensor().narrow(0, c * n_img, n_img)?;
+                let rec = (dec.forward(&zc, false)? - &xs)?.sqr()?.sum_all()?;
+                loss = (loss + rec)?;
+            }
+            if let Some(d) = frozen.discriminator_for(0) {
+                loss = (loss - d.log_d(z.as_tensor())?.sum_all()?)?;
+            }
+            let grads = loss.backward()?;
+            let g = grads.get(z.as_tensor()).expect("latent gradient");
+            g.sum_all()?.to_scalar::<f32>()?;
+            Ok(())
+        })?;
+        let g = 3.0 * (k * n_img) as f64 * dec_f / t_min / 1e9;
+        let speedup = if stock {
+            format!(", ours {:.2}x faster", t_min / ours_min)
+        } else {
+            ours_min = t_min;
+            String::new()
+        };
+        println!(
+            "latent gradient step, {n_img} images x {k} classes, {}: min {t_min:.3} s, mean {t_mean:.3} s, {:.2} GFLOP/s ({:.1}% of matmul){speedup}",
+            if stock { "Candle stock ops" } else { "our kernels" },
+            g,
+            100.0 * g / mm_gflops
+        );
+    }
+    eabs_kernels::set_stock_ops(false);
 
     // One decoder over 8000 latents, evaluation mode, detached weights.
-    let frozen = model.frozen();
     let dec = &frozen.decoders()[0];
     let zs = randn(
         &mut derive_rng(0, Stream::Step, 1, 0),

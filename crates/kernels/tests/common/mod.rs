@@ -74,7 +74,7 @@ impl Layer {
     }
 }
 
-const fn conv(
+pub const fn conv(
     name: &'static str,
     c_in: usize,
     c_out: usize,
@@ -97,7 +97,7 @@ const fn conv(
 }
 
 #[allow(clippy::too_many_arguments)]
-const fn convt(
+pub const fn convt(
     name: &'static str,
     c_in: usize,
     c_out: usize,
