@@ -52,8 +52,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     // Training and attacks free and reallocate hundreds of MB per step: keep that memory in the
-    // process instead of page-faulting it back (eabs_kernels::allocator explains the numbers).
-    eabs_kernels::retain_freed_memory();
+    // process instead of page-faulting it back; and leave the cores to rayon's pool instead of
+    // two pools fighting for them (eabs_kernels::allocator and ::threads explain the numbers).
+    eabs_kernels::tune_process();
     match Cli::parse().command {
         Command::Data { command } => data::run(command),
         Command::Fetch(args) => fetch::run(&args),

@@ -94,8 +94,9 @@ fn run(family: Family, name: &str) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // As xtask does: keep freed memory in the process (see eabs_kernels::allocator).
-    eabs_kernels::retain_freed_memory();
+    // As xtask does: keep freed memory in the process, and one thread pool (rayon's) for the
+    // CPU (see eabs_kernels::allocator and eabs_kernels::threads).
+    eabs_kernels::tune_process();
     let which = std::env::var("EABS_BENCH_ARCH").unwrap_or_else(|_| "both".into());
     if which == "mnist" || which == "both" {
         run(Family::Mnist, "MNIST")?;

@@ -263,8 +263,9 @@ fn fused(reps: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    // As xtask does: keep freed memory in the process (see eabs_kernels::allocator).
-    eabs_kernels::retain_freed_memory();
+    // As xtask does: keep freed memory in the process, and one thread pool (rayon's) for the
+    // CPU (see eabs_kernels::allocator and eabs_kernels::threads).
+    eabs_kernels::tune_process();
     let reps = env_usize("EABS_BENCH_REPS", 3);
     let n = env_usize("EABS_BENCH_BATCH", 256);
     let dev = Device::Cpu;

@@ -48,8 +48,17 @@ mod batch_norm;
 mod conv;
 mod cpu;
 mod storage;
+pub mod threads;
 
 pub use allocator::retain_freed_memory;
+pub use threads::single_candle_thread;
+
+/// The process settings that the long numeric jobs (xtask, the benchmarks) apply at start-up:
+/// [`retain_freed_memory`] and [`single_candle_thread`]. Call it first thing in `main`.
+pub fn tune_process() {
+    retain_freed_memory();
+    single_candle_thread();
+}
 use candle_core::{bail, DType, Result, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 

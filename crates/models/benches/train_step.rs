@@ -11,7 +11,8 @@
 //! [`eabs_models::ArchConfig::encoder_flops`]: 4.25 MFLOP per encoder pass); a training step is
 //! counted as 3x its forward FLOPs (forward + backward), the usual convention.
 //!
-//! Run: `cargo bench -p eabs-models --bench train_step` (env `EABS_BENCH_REPS`, default 3).
+//! Run: `cargo bench -p eabs-models --bench train_step` (env `EABS_BENCH_REPS`, default 3;
+//! `EABS_BENCH_STOCK=0` leaves out the stock-Candle timings).
 
 use std::time::Instant;
 
@@ -33,13 +34,20 @@ fn time<F: FnMut() -> anyhow::Result<()>>(reps: usize, mut f: F) -> anyhow::Resu
 }
 
 fn main() -> anyhow::Result<()> {
-    // As xtask does: keep freed memory in the process (see eabs_kernels::allocator).
-    eabs_kernels::retain_freed_memory();
+    // As xtask does: keep freed memory in the process, and one thread pool (rayon's) for the
+    // CPU (see eabs_kernels::allocator and eabs_kernels::threads).
+    eabs_kernels::tune_process();
     let reps: usize = std::env::var("EABS_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
         .max(1);
+    // `EABS_BENCH_STOCK=0` skips the stock-Candle timings (minutes at batch 512).
+    let modes: &[bool] = if std::env::var("EABS_BENCH_STOCK").is_ok_and(|v| v == "0") {
+        &[false]
+    } else {
+        &[false, true]
+    };
     let dev = Device::Cpu;
 
     // Reference: plain f32 matmul, 1024^3.
@@ -83,7 +91,7 @@ fn main() -> anyhow::Result<()> {
             &dev,
         )?;
         let mut ours_min = f64::NAN;
-        for stock in [false, true] {
+        for &stock in modes {
             eabs_kernels::set_stock_ops(stock);
             let (mut adam, mut disc_adam) = (Adam::new(), Adam::new());
             let mut step = 0u64;
@@ -137,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         &dev,
     )?;
     let mut ours_min = f64::NAN;
-    for stock in [false, true] {
+    for &stock in modes {
         eabs_kernels::set_stock_ops(stock);
         let (t_min, t_mean) = time(reps, || {
             let z = candle_core::Var::from_tensor(&z0)?;
