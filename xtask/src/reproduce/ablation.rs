@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 
 use super::evaluate::{evaluate, select_subset};
 use super::preset::{train_config, EvalSizes};
-use super::provenance::{git_revision, unix_time, Hardware, Provenance, Timer};
+use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
 use super::rows::{clean_row, run_row, RowSpec, ATTACK_ROWS};
 use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated, Evaluated};
@@ -323,17 +323,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         "columns": column_config,
         "checkpoints": ckpt_root,
     });
-    let provenance = Provenance {
-        commit,
-        preset: args.preset.as_str().into(),
-        seed: args.seed,
-        device: format!("{:?}", args.device).to_lowercase(),
-        hardware: Hardware::detect(),
-        started_unix: started,
-        finished_unix: unix_time(),
-        stages: timer.into_stages(),
-        command: command.into(),
-    };
+    let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
     let on_paper_dataset = kind == DatasetKind::Svhn;
     let paper = |m: &str, n: &str, a: &str| {
         on_paper_dataset

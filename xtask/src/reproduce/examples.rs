@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use super::evaluate::select_subset;
 use super::plot::{self, GridLayout};
 use super::preset::{train_config, EvalSizes, PresetName};
-use super::provenance::{git_revision, unix_time, Hardware, Provenance, Timer};
+use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::rows::pgd_config;
 use super::table::MODEL_KINDS;
 use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
@@ -281,17 +281,7 @@ fn reproduce(
         "train": train_config(args.preset, family, mk, args.seed),
         "checkpoints": ckpt_root,
     });
-    let provenance = Provenance {
-        commit,
-        preset: args.preset.as_str().into(),
-        seed: args.seed,
-        device: format!("{:?}", args.device).to_lowercase(),
-        hardware: Hardware::detect(),
-        started_unix: started,
-        finished_unix: unix_time(),
-        stages: timer.into_stages(),
-        command: command.into(),
-    };
+    let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
     let report = ExamplesReport {
         figure: figure.into(),
         dataset: kind.name().into(),
@@ -547,7 +537,7 @@ pub fn verify(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reproduce::provenance::Stage;
+    use crate::reproduce::provenance::{Hardware, Stage};
 
     /// A two-column report on 1x2x2 images: column 0 moved by 0.3 in one pixel (L_2 0.3),
     /// column 1 unchanged.

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use super::evaluate::{evaluate, select_subset};
 use super::plot::{self, LineChart, Series};
 use super::preset::{train_config, EvalSizes, PresetName};
-use super::provenance::{git_revision, unix_time, Hardware, Provenance, Timer};
+use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::rows::{clean_row, pgd_config, rows_of, ATTACK_ROWS};
 use super::table::MODEL_KINDS;
 use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
@@ -561,17 +561,7 @@ fn reproduce(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         "train": MODEL_KINDS.iter().map(|&k| train_config(args.preset, family, k, args.seed)).collect::<Vec<_>>(),
         "checkpoints": ckpt_root,
     });
-    let provenance = Provenance {
-        commit,
-        preset: args.preset.as_str().into(),
-        seed: args.seed,
-        device: format!("{:?}", args.device).to_lowercase(),
-        hardware: Hardware::detect(),
-        started_unix: started,
-        finished_unix: unix_time(),
-        stages: timer.into_stages(),
-        command: command.into(),
-    };
+    let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
     let report = Figure3Report {
         figure: "fig3".into(),
         dataset: kind.name().into(),
@@ -748,7 +738,7 @@ pub fn verify(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reproduce::provenance::Stage;
+    use crate::reproduce::provenance::{Hardware, Stage};
 
     #[test]
     fn grids_bracket_the_table_epsilons() -> Result<()> {

@@ -51,7 +51,7 @@ use super::ablation::{
 };
 use super::evaluate::{evaluate, select_subset, BatchResult};
 use super::preset::{train_config, EvalSizes, GradientFreeSizes};
-use super::provenance::{git_revision, unix_time, Hardware, Provenance, Timer};
+use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{add_all_row, build, to_markdown, write_outputs, Outcomes};
 use super::rows::{clean_row, fixed, rows_of};
 use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
@@ -452,17 +452,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         "model_settings": model_config,
         "checkpoints": ckpt_root,
     });
-    let provenance = Provenance {
-        commit,
-        preset: args.preset.as_str().into(),
-        seed: args.seed,
-        device: format!("{:?}", args.device).to_lowercase(),
-        hardware: Hardware::detect(),
-        started_unix: started,
-        finished_unix: unix_time(),
-        stages: timer.into_stages(),
-        command: command.into(),
-    };
+    let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
     let on_paper_dataset = kind == DatasetKind::Svhn;
     let paper = |m: &str, n: &str, a: &str| {
         on_paper_dataset

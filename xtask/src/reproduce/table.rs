@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::evaluate::{evaluate, select_subset};
 use super::preset::{train_config, EvalSizes};
-use super::provenance::{git_revision, unix_time, Hardware, Provenance, Timer};
+use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{add_all_row, build, write_outputs, Outcomes};
 use super::rows::{clean_row, run_row, ATTACK_ROWS};
 use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
@@ -165,17 +165,7 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
         "train": MODEL_KINDS.iter().map(|&k| train_config(args.preset, family, k, args.seed)).collect::<Vec<_>>(),
         "checkpoints": ckpt_root,
     });
-    let provenance = Provenance {
-        commit,
-        preset: args.preset.as_str().into(),
-        seed: args.seed,
-        device: format!("{:?}", args.device).to_lowercase(),
-        hardware: Hardware::detect(),
-        started_unix: started,
-        finished_unix: unix_time(),
-        stages: timer.into_stages(),
-        command: command.into(),
-    };
+    let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
     let paper = |m: &str, n: &str, a: &str| crate::paper::paper_accuracy(table, m, n, a);
     let report = build(
         table,
