@@ -46,7 +46,7 @@ use super::evaluate::{evaluate, select_subset};
 use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
-use super::rows::{clean_row, run_row, RowSpec, ATTACK_ROWS};
+use super::rows::{evaluate_clean, run_row, RowSpec, ATTACK_ROWS};
 use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated, Evaluated};
 use super::ReproduceArgs;
 
@@ -252,23 +252,21 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
             column_config.push(model_settings.clone());
             let journal = |row: &str| journal_root.join(&name).join(format!("{row}.jsonl"));
             let label = format!("{name} clean");
-            let rec = timer.stage(&label, || {
-                evaluate(
-                    &journal("clean"),
-                    &serde_json::json!({ "row": "clean", "model": model_settings }),
-                    &label,
-                    &test,
-                    &subset,
-                    1,
-                    sizes.batch_size,
-                    &device,
-                    &mut |xs, ys| clean_row(clf, xs, ys),
-                )
-            })?;
+            let clean = evaluate_clean(
+                &mut timer,
+                &label,
+                &journal("clean"),
+                &model_settings,
+                &test,
+                &subset,
+                sizes.batch_size,
+                &device,
+                clf,
+            )?;
             outcomes
                 .entry(("none".into(), "clean".into()))
                 .or_default()
-                .insert(name.clone(), rec.iter().map(|r| r.robust[0]).collect());
+                .insert(name.clone(), clean);
             for &(r_idx, row) in &rows {
                 let label = format!("{name} {} {}", row.norm, row.attack);
                 let seed = args.seed.wrapping_mul(1000).wrapping_add(r_idx as u64);

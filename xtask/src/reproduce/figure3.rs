@@ -28,7 +28,7 @@ use super::evaluate::{evaluate, select_subset};
 use super::plot::{self, LineChart, Series};
 use super::preset::{train_config, EvalSizes, PresetName};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
-use super::rows::{clean_row, pgd_config, rows_of, ATTACK_ROWS};
+use super::rows::{evaluate_clean, pgd_config, rows_of, ATTACK_ROWS};
 use super::table::MODEL_KINDS;
 use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
 use super::ReproduceArgs;
@@ -483,20 +483,17 @@ fn reproduce(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
             "seed": args.seed,
         });
         let label = format!("{} clean", mk.name());
-        let clean = timer.stage(&label, || {
-            evaluate(
-                &journal("clean"),
-                &serde_json::json!({ "row": "clean", "model": model_settings }),
-                &label,
-                &test,
-                &subset,
-                1,
-                sizes.batch_size,
-                &device,
-                &mut |xs, ys| clean_row(clf, xs, ys),
-            )
-        })?;
-        let clean: Vec<bool> = clean.iter().map(|r| r.robust[0]).collect();
+        let clean = evaluate_clean(
+            &mut timer,
+            &label,
+            &journal("clean"),
+            &model_settings,
+            &test,
+            &subset,
+            sizes.batch_size,
+            &device,
+            clf,
+        )?;
         for &(name, norm) in &PANELS {
             let positive = &grids[name][1..];
             let pgd_cfg = pgd_config(&sizes, ds, norm, pgd_seed(args.seed, name)?);

@@ -53,7 +53,7 @@ use super::evaluate::{evaluate, select_subset, BatchResult};
 use super::preset::{train_config, EvalSizes, GradientFreeSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{add_all_row, build, to_markdown, write_outputs, Outcomes};
-use super::rows::{clean_row, fixed, rows_of};
+use super::rows::{evaluate_clean, fixed, rows_of};
 use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
 use super::ReproduceArgs;
 
@@ -306,20 +306,17 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         model_config.push(model_settings.clone());
         let journal = |row: &str| journal_root.join(mk.name()).join(format!("{row}.jsonl"));
         let label = format!("{} clean", mk.name());
-        let clean = timer.stage(&label, || {
-            evaluate(
-                &journal("clean"),
-                &serde_json::json!({ "row": "clean", "model": model_settings }),
-                &label,
-                &test,
-                &subset,
-                1,
-                sizes.batch_size,
-                &device,
-                &mut |xs, ys| clean_row(clf, xs, ys),
-            )
-        })?;
-        let clean_correct: Vec<bool> = clean.iter().map(|r| r.robust[0]).collect();
+        let clean_correct = evaluate_clean(
+            &mut timer,
+            &label,
+            &journal("clean"),
+            &model_settings,
+            &test,
+            &subset,
+            sizes.batch_size,
+            &device,
+            clf,
+        )?;
         outcomes
             .entry(("none".into(), "clean".into()))
             .or_default()

@@ -9,8 +9,9 @@ use eabs_attacks::{
 };
 use eabs_core::{Classifier, Differentiable};
 
-use super::evaluate::BatchResult;
+use super::evaluate::{evaluate, BatchResult};
 use super::preset::EvalSizes;
+use super::provenance::Timer;
 
 /// One row of Tables 1-4: an attack and the norm it is bounded in.
 #[derive(Debug, Clone, Copy)]
@@ -213,4 +214,37 @@ pub fn clean_row(model: &dyn Differentiable, xs: &Tensor, labels: &[u32]) -> Res
         .zip(labels)
         .map(|(p, l)| (p == l, 0.0))
         .collect()])
+}
+
+/// The clean row of one model as a timed, journaled stage `label`: the journal at `journal`
+/// resumes only with settings `{"row": "clean", "model": model_settings}`. Returns, per sample
+/// of `subset`, whether the model classified it correctly. Every experiment evaluates its models
+/// this way before attacking them.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_clean(
+    timer: &mut Timer,
+    label: &str,
+    journal: &std::path::Path,
+    model_settings: &serde_json::Value,
+    test: &eabs_datasets::Dataset,
+    subset: &[usize],
+    batch_size: usize,
+    device: &candle_core::Device,
+    model: &dyn Differentiable,
+) -> Result<Vec<bool>> {
+    let settings = serde_json::json!({ "row": "clean", "model": model_settings });
+    let records = timer.stage(label, || {
+        evaluate(
+            journal,
+            &settings,
+            label,
+            test,
+            subset,
+            1,
+            batch_size,
+            device,
+            &mut |xs, ys| clean_row(model, xs, ys),
+        )
+    })?;
+    Ok(records.iter().map(|r| r.robust[0]).collect())
 }

@@ -12,7 +12,7 @@ use super::evaluate::{evaluate, select_subset};
 use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{add_all_row, build, write_outputs, Outcomes};
-use super::rows::{clean_row, run_row, ATTACK_ROWS};
+use super::rows::{evaluate_clean, run_row, ATTACK_ROWS};
 use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
 use super::ReproduceArgs;
 
@@ -88,24 +88,21 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
             "inference_sizes": { "n_candidates": sizes.n_candidates, "n_adam_steps": sizes.n_adam_steps },
             "seed": args.seed,
         });
-        let clean_settings = serde_json::json!({ "row": "clean", "model": model_settings });
-        let rec = timer.stage(&label, || {
-            evaluate(
-                &journal("clean"),
-                &clean_settings,
-                &label,
-                &test,
-                &subset,
-                1,
-                sizes.batch_size,
-                &device,
-                &mut |xs, ys| clean_row(clf, xs, ys),
-            )
-        })?;
+        let clean = evaluate_clean(
+            &mut timer,
+            &label,
+            &journal("clean"),
+            &model_settings,
+            &test,
+            &subset,
+            sizes.batch_size,
+            &device,
+            clf,
+        )?;
         outcomes
             .entry(("none".into(), "clean".into()))
             .or_default()
-            .insert(mk.name().into(), rec.iter().map(|r| r.robust[0]).collect());
+            .insert(mk.name().into(), clean);
         for (r_idx, row) in ATTACK_ROWS.iter().enumerate() {
             let label = format!("{} {} {}", mk.name(), row.norm, row.attack);
             let seed = args.seed.wrapping_mul(1000).wrapping_add(r_idx as u64);
