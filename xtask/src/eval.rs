@@ -97,6 +97,12 @@ pub struct EvalArgs {
     /// Latent inference of an ABS-like model (default: exact for ABS, variational otherwise).
     #[arg(long, value_enum)]
     pub inference: Option<InferenceArg>,
+    /// Random latent candidates of ABS-style inference (default: the preset's).
+    #[arg(long)]
+    pub candidates: Option<usize>,
+    /// Adam updates of ABS-style inference (default: the preset's).
+    #[arg(long)]
+    pub adam_steps: Option<usize>,
     /// Where the journal (for resuming) goes: `<out>/eval/journal/...`.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
@@ -134,6 +140,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut sizes = EvalSizes::of(a.preset);
     if let Some(n) = args.samples {
         sizes.n_samples = n;
+    }
+    if let Some(n) = args.candidates {
+        sizes.n_candidates = n;
+    }
+    if let Some(n) = args.adam_steps {
+        sizes.n_adam_steps = n;
     }
     let ds = attack_dataset(a.dataset);
     let eps = match (row, args.epsilon) {

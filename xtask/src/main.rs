@@ -36,6 +36,11 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate one model under one attack: one accuracy with its 95% interval.
     Eval(eval::EvalArgs),
+    /// Release trained models into `weights/` (with sha256 manifests), or verify a release.
+    Weights {
+        #[command(subcommand)]
+        command: train::WeightsCommand,
+    },
     /// Check that a results directory of `reproduce` is complete and self-consistent.
     VerifyResults {
         /// e.g. results/table2/smoke
@@ -61,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::Reproduce(args) => reproduce::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Weights { command } => train::run_weights(&command),
         Command::VerifyResults { dir } => reproduce::verify::run(&dir),
     }
 }

@@ -7,12 +7,14 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use eabs_datasets::{load, DatasetKind, Split};
-use eabs_models::{AdvNorm, Family, ModelKind, Variant};
+use eabs_models::{AdvNorm, Family, Model, ModelConfig, ModelKind, TrainConfig, Trainer, Variant};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::reproduce::preset::{train_config, PresetName};
+use crate::reproduce::preset::{train_config, EvalSizes, PresetName};
 use crate::reproduce::provenance::Timer;
-use crate::reproduce::zoo::{checkpoint_root, obtain};
+use crate::reproduce::weights::{self, Release};
+use crate::reproduce::zoo::{checkpoint_root, obtain, InferenceValidator, ModelStore};
 use crate::reproduce::DeviceArg;
 
 /// Parses a model name: `cnn`, `adv-linf`, `adv-l2`, `abs`, `a-abs`, `d-abs`, `e-abs` (case and
@@ -77,18 +79,112 @@ impl ModelArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
+}
+
+/// Changes to the preset's training protocol, for measuring candidate protocols: any of them
+/// makes a custom run, named `<preset>+custom` in its `train_config.json`, that trains into
+/// `--out` (never into the shared checkpoint tree, which holds the presets' models only).
+#[derive(Debug, Clone, Default, PartialEq, Args)]
+pub struct ProtocolArgs {
+    /// Batch size (the paper: 512).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Number of epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Initial learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Halve the learning rate every this many epochs (0: constant).
+    #[arg(long)]
+    pub lr_halve_every: Option<usize>,
+    /// Training samples (a seeded subset; 0: all).
+    #[arg(long)]
+    pub train_samples: Option<usize>,
+    /// Validation images the real classifier scores every epoch (ABS family; 0: all).
+    #[arg(long)]
+    pub selection_samples: Option<usize>,
+    /// Output directory of a custom run.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl ProtocolArgs {
+    /// Whether any protocol flag is set (`--out` alone changes nothing).
+    fn is_custom(&self) -> bool {
+        ProtocolArgs {
+            out: None,
+            ..self.clone()
+        } != ProtocolArgs::default()
+    }
+
+    /// `base` with these changes.
+    fn apply(&self, base: TrainConfig) -> TrainConfig {
+        let nonzero = |n: usize| (n > 0).then_some(n);
+        TrainConfig {
+            preset: format!("{}+custom", base.preset),
+            batch_size: self.batch_size.unwrap_or(base.batch_size),
+            epochs: self.epochs.unwrap_or(base.epochs),
+            lr: self.lr.unwrap_or(base.lr),
+            lr_halve_every: self.lr_halve_every.map_or(base.lr_halve_every, nonzero),
+            max_train_samples: self.train_samples.map_or(base.max_train_samples, nonzero),
+            selection_samples: self
+                .selection_samples
+                .map_or(base.selection_samples, nonzero),
+            ..base
+        }
+    }
+}
+
+/// A custom-protocol run of one CNN or ABS-family model into `--out`.
+fn run_custom(a: &ModelArgs, p: &ProtocolArgs) -> Result<()> {
+    let Some(out) = &p.out else {
+        bail!("a changed training protocol trains into --out DIR (the checkpoint tree holds the presets' models only)");
+    };
+    if matches!(a.model, ModelKind::AdvCnn(_)) {
+        bail!("a custom protocol is for the CNN and the ABS family; adversarial training starts from the preset's CNN");
+    }
+    let device = a.device.device()?;
+    let family = Family::from(a.dataset);
+    let train = load(a.dataset, Split::Train, a.data_dir.as_deref(), a.seed)?;
+    let val = load(a.dataset, Split::Validation, a.data_dir.as_deref(), a.seed)?;
+    let cfg = p.apply(train_config(a.preset, family, a.model, a.seed));
+    tracing::info!(config = ?cfg, "custom training protocol");
+    let trainer = Trainer::new(cfg, out)?
+        .with_validator(Arc::new(InferenceValidator::new(EvalSizes::of(a.preset))));
+    let mut model = Model::new(&ModelConfig::paper(family, a.model), a.seed, &device)?;
+    let summary = trainer.run(&mut model, &train, &val)?;
+    println!(
+        "{} on {}: {} epochs, best validation accuracy {:?} at epoch {:?}; metrics in {}",
+        a.model.name(),
+        a.dataset.name(),
+        summary.epochs_done,
+        summary.best_val_accuracy,
+        summary.best_epoch,
+        trainer.metrics_path().display()
+    );
+    Ok(())
 }
 
 /// Trains (or resumes, or reuses) the model; adversarially trained CNNs first train (or reuse)
 /// the CNN they start from (Section 4.3).
 pub fn run(args: &TrainArgs) -> Result<()> {
     let a = &args.model;
+    if args.protocol.is_custom() {
+        return run_custom(a, &args.protocol);
+    }
+    if args.protocol.out.is_some() {
+        bail!("--out is for a changed training protocol; the preset's models train into --checkpoints");
+    }
     let device = a.device.device()?;
     let family = Family::from(a.dataset);
     let data_dir = a.data_dir.as_deref();
     let train = load(a.dataset, Split::Train, data_dir, a.seed)?;
     let val = load(a.dataset, Split::Validation, data_dir, a.seed)?;
-    let root = checkpoint_root(&a.checkpoints, family, a.preset, a.seed);
+    // `train` always trains (into --checkpoints); released weights are for `reproduce`.
+    let root = ModelStore::new(&a.checkpoints, None, family, a.preset, a.seed);
     let mut timer = Timer::new();
     let mut kinds = vec![a.model];
     if matches!(a.model, ModelKind::AdvCnn(_)) {
@@ -115,9 +211,138 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask weights ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum WeightsCommand {
+    /// Copy the models of a preset's checkpoint tree into the released tree and write each
+    /// one's `release.json` (sha256 of every file, training configuration, best epoch).
+    /// Unfinished trainings are released too, so a long run continues from the repository;
+    /// `reproduce` uses only finished ones.
+    Release {
+        /// Dataset: mnist, fashion-mnist, svhn, supertraffic-10.
+        #[arg(long)]
+        dataset: DatasetKind,
+        /// The preset whose models are released.
+        #[arg(long, value_enum, default_value_t = PresetName::Quick)]
+        preset: PresetName,
+        /// Training seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Models (default: every model of the tree).
+        #[arg(long, value_delimiter = ',', value_parser = |s: &str| parse_model_kind(s).map_err(|e| e.to_string()))]
+        models: Vec<ModelKind>,
+        /// The checkpoint tree trained into (may be the released tree itself).
+        #[arg(long, default_value = "checkpoints")]
+        checkpoints: PathBuf,
+        /// The released tree.
+        #[arg(long, default_value = "weights")]
+        weights: PathBuf,
+    },
+    /// Check every `release.json` below the released tree against its files.
+    Verify {
+        /// The released tree.
+        #[arg(long, default_value = "weights")]
+        weights: PathBuf,
+    },
+}
+
+/// Runs `cargo xtask weights`.
+pub fn run_weights(cmd: &WeightsCommand) -> Result<()> {
+    let show = |dir: &std::path::Path, r: &Release| {
+        println!(
+            "{}: {} {} epochs {}/{}, best epoch {:?}, validation accuracy {:?} ({}), {:.0} s of training",
+            dir.display(),
+            r.model,
+            r.family.name(),
+            r.epochs_done,
+            r.train_config.epochs,
+            r.best_epoch,
+            r.best_val_accuracy,
+            r.selected_by.as_deref().unwrap_or("built-in validation"),
+            r.train_seconds
+        )
+    };
+    match cmd {
+        WeightsCommand::Release {
+            dataset,
+            preset,
+            seed,
+            models,
+            checkpoints,
+            weights,
+        } => {
+            let kinds = if models.is_empty() {
+                ALL_KINDS.to_vec()
+            } else {
+                models.clone()
+            };
+            let family = Family::from(*dataset);
+            let done = weights::release(checkpoints, weights, family, *preset, *seed, &kinds)?;
+            if done.is_empty() {
+                bail!(
+                    "nothing to release: no model of {kinds:?} has a last.safetensors under {}",
+                    checkpoint_root(checkpoints, family, *preset, *seed).display()
+                );
+            }
+            for (dir, r) in &done {
+                show(dir, r);
+            }
+        }
+        WeightsCommand::Verify { weights } => {
+            let found = weights::verify_tree(weights)?;
+            if found.is_empty() {
+                bail!("no release.json below {}", weights.display());
+            }
+            for (dir, r) in &found {
+                show(dir, r);
+            }
+            println!("{} releases verified", found.len());
+        }
+    }
+    Ok(())
+}
+
+/// Every model kind, in the order of the tables and then the ablations.
+const ALL_KINDS: [ModelKind; 7] = [
+    ModelKind::Cnn,
+    ModelKind::AdvCnn(AdvNorm::Linf),
+    ModelKind::AdvCnn(AdvNorm::L2),
+    ModelKind::ABS,
+    ModelKind::E_ABS,
+    ModelKind::Abs(Variant::A_ABS),
+    ModelKind::Abs(Variant::D_ABS),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocol_flags_make_a_labelled_custom_run() {
+        let base = train_config(PresetName::Quick, Family::FashionMnist, ModelKind::E_ABS, 0);
+        let none = ProtocolArgs {
+            out: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(!none.is_custom(), "--out alone changes nothing");
+        let p = ProtocolArgs {
+            batch_size: Some(128),
+            lr_halve_every: Some(0),
+            train_samples: Some(0),
+            ..Default::default()
+        };
+        assert!(p.is_custom());
+        let c = p.apply(base.clone());
+        assert_eq!(c.preset, "quick+custom");
+        assert_eq!(
+            (c.batch_size, c.lr_halve_every, c.max_train_samples),
+            (128, None, None)
+        );
+        assert_eq!(
+            (c.epochs, c.lr, c.selection_samples),
+            (base.epochs, base.lr, base.selection_samples)
+        );
+    }
 
     #[test]
     fn model_names_parse() {

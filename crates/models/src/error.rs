@@ -116,6 +116,14 @@ pub enum Error {
     /// Generating adversarial training examples failed.
     #[error("adversarial training: {0}")]
     Attack(String),
+    /// The validator that selects checkpoints (the real classifier) failed.
+    #[error("validation by {validator} failed: {message}")]
+    Validation {
+        /// The validator's description.
+        validator: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -63,5 +63,5 @@ pub use model::Model;
 pub use modules::{Decoder, Discriminator, Encoder};
 pub use train::{
     AdvTrainConfig, EpochMetrics, TensorData, TrainConfig, TrainState, TrainSummary, Trainer,
-    TrainingData,
+    TrainingData, Validator,
 };

@@ -27,6 +27,10 @@ pub enum Stream {
     Attack = 5,
     /// Per-batch dropout masks.
     Dropout = 6,
+    /// Randomness of the validator that selects checkpoints (e.g. the candidates and noise of
+    /// ABS-style inference): one fixed seed for every epoch, so epochs are compared on the same
+    /// draws.
+    Validation = 7,
 }
 
 fn splitmix64(mut x: u64) -> u64 {

@@ -624,14 +624,22 @@ fn paper_presets_follow_section_4_3() {
             .map(|a| a.epsilon),
         Some(1.5)
     );
-    // quick / smoke shrink epochs and data only.
-    for t in [
-        TrainConfig::quick(Family::Mnist, ModelKind::E_ABS),
-        TrainConfig::smoke(Family::Mnist, ModelKind::E_ABS),
-    ] {
-        assert_eq!((t.batch_size, t.lr, t.noise_std), (512, 1e-3, 0.2));
-        assert!(t.epochs < 500 && t.max_train_samples.is_some());
-    }
+    // smoke shrinks epochs and data only; quick also takes the CPU's batch size (64: more
+    // updates in the same time, the budget that limits ABS-family models).
+    let t = TrainConfig::smoke(Family::Mnist, ModelKind::E_ABS);
+    assert_eq!((t.batch_size, t.lr, t.noise_std), (512, 1e-3, 0.2));
+    assert!(t.epochs < 500 && t.max_train_samples.is_some());
+    let q = TrainConfig::quick(Family::Mnist, ModelKind::E_ABS);
+    assert_eq!(
+        (q.batch_size, q.lr, q.noise_std, q.epochs, q.lr_halve_every),
+        (64, 1e-3, 0.2, 40, Some(16))
+    );
+    assert_eq!(
+        (q.max_train_samples, q.selection_samples),
+        (Some(10_000), Some(300))
+    );
+    let qa = TrainConfig::quick(Family::Mnist, ModelKind::AdvCnn(AdvNorm::L2));
+    assert_eq!((qa.epochs, qa.lr_halve_every, qa.batch_size), (8, None, 64));
 }
 
 /// The trainer reads `eabs_datasets::Dataset` directly (bytes / 255, labels as u32).
@@ -686,5 +694,88 @@ fn resuming_from_a_truncated_checkpoint_names_the_file() -> anyhow::Result<()> {
         "{err}"
     );
     assert!(err.to_string().contains("last.safetensors"));
+    Ok(())
+}
+
+/// A validator whose accuracy follows a script, one value per epoch, so the test knows which
+/// epoch the real classifier prefers; it records how many images it was shown.
+#[derive(Debug)]
+struct Scripted {
+    accuracy_by_call: Vec<f64>,
+    calls: std::sync::Mutex<Vec<usize>>,
+    name: &'static str,
+}
+
+impl eabs_models::Validator for Scripted {
+    fn describe(&self) -> String {
+        self.name.into()
+    }
+    fn correct(
+        &self,
+        _model: &Model,
+        _data: &dyn eabs_models::TrainingData,
+        idx: &[usize],
+        _seed: u64,
+    ) -> Result<Vec<bool>, Box<dyn std::error::Error + Send + Sync>> {
+        let mut calls = self.calls.lock().map_err(|e| e.to_string())?;
+        let acc = self.accuracy_by_call[calls.len()];
+        calls.push(idx.len());
+        let n_correct = (acc * idx.len() as f64).round() as usize;
+        Ok((0..idx.len()).map(|i| i < n_correct).collect())
+    }
+}
+
+#[test]
+fn a_validator_selects_abs_checkpoints_and_the_proxy_is_logged() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let kind = ModelKind::E_ABS;
+    let (train, val) = (synthetic(36, 1, "train"), synthetic(12, 2, "val"));
+    let cfg = eabs_models::TrainConfig {
+        selection_samples: Some(8),
+        ..tiny_train_config(kind, 3)
+    };
+    // The real classifier is best at epoch 2, whatever the proxy says.
+    let v = std::sync::Arc::new(Scripted {
+        accuracy_by_call: vec![0.25, 0.75, 0.5],
+        calls: Default::default(),
+        name: "scripted",
+    });
+    let mut model = Model::new(&tiny_config(kind), 0, &Device::Cpu)?;
+    let s = Trainer::new(cfg.clone(), dir.path())?
+        .with_validator(v.clone())
+        .run(&mut model, &train, &val)?;
+    assert_eq!(*v.calls.lock().unwrap(), vec![8, 8, 8]);
+    assert_eq!(s.best_epoch, Some(2));
+    assert_eq!(s.best_val_accuracy, Some(0.75));
+    for m in &s.history {
+        assert!(m.val_proxy_accuracy.is_some() && m.validation_seconds.is_some());
+    }
+    assert_eq!(s.history[2].updates, 9, "3 epochs of 3 batches of 12");
+    // Resuming under another criterion is refused, naming both.
+    let other = std::sync::Arc::new(Scripted {
+        accuracy_by_call: vec![1.0; 4],
+        calls: Default::default(),
+        name: "another",
+    });
+    let mut again = Model::new(&tiny_config(kind), 0, &Device::Cpu)?;
+    let err = Trainer::new(eabs_models::TrainConfig { epochs: 4, ..cfg }, dir.path())?
+        .with_validator(other)
+        .run(&mut again, &train, &val)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("scripted") && err.contains("another"), "{err}");
+    // CNNs keep their own validation: the validator is never called for them.
+    let cnn_dir = tempfile::tempdir()?;
+    let unused = std::sync::Arc::new(Scripted {
+        accuracy_by_call: vec![],
+        calls: Default::default(),
+        name: "unused",
+    });
+    let mut cnn = Model::new(&tiny_config(ModelKind::Cnn), 0, &Device::Cpu)?;
+    let s = Trainer::new(tiny_train_config(ModelKind::Cnn, 1), cnn_dir.path())?
+        .with_validator(unused.clone())
+        .run(&mut cnn, &train, &val)?;
+    assert!(unused.calls.lock().unwrap().is_empty());
+    assert_eq!(s.history[0].val_proxy_accuracy, None);
     Ok(())
 }

@@ -47,7 +47,7 @@ use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
 use super::rows::{evaluate_clean, run_row, RowSpec, ATTACK_ROWS};
-use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated, Evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated, Evaluated};
 use super::ReproduceArgs;
 
 /// One column of Table 5: a trained variant (A, D) and its latent inference (V).
@@ -211,7 +211,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         ))
     })?;
     let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
-    let ckpt_root = checkpoint_root(&args.checkpoints, family, args.preset, args.seed);
+    let ckpt_root = args.model_store(family);
     let ds = attack_dataset(kind);
     let attack_sizes = attack_fingerprint(&sizes)?;
     let rows = pgd_rows();

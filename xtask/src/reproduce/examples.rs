@@ -40,7 +40,7 @@ use super::preset::{train_config, EvalSizes, PresetName};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::rows::pgd_config;
 use super::table::MODEL_KINDS;
-use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated};
 use super::ReproduceArgs;
 
 /// Columns of the paper's figures (and of `quick`); `smoke` shows four.
@@ -178,7 +178,7 @@ fn reproduce(
     let ds = attack_dataset(kind);
     let data_dir = args.data_dir.as_deref();
     let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
-    let ckpt_root = checkpoint_root(&args.checkpoints, family, args.preset, args.seed);
+    let ckpt_root = args.model_store(family);
     let mut timer = Timer::new();
     let (train, val, test) = timer.stage("load data", || {
         Ok((

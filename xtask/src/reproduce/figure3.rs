@@ -30,7 +30,7 @@ use super::preset::{train_config, EvalSizes, PresetName};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::rows::{evaluate_clean, pgd_config, rows_of, ATTACK_ROWS};
 use super::table::MODEL_KINDS;
-use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated};
 use super::ReproduceArgs;
 
 /// The two panels: (a) L_inf and (b) L_2, with the names used in files and JSON.
@@ -426,7 +426,7 @@ fn reproduce(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     let data_dir = args.data_dir.as_deref();
     let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
     // The tables' checkpoint root: Table 4 (or the --dataset's table) and Figure 3 share models.
-    let ckpt_root = checkpoint_root(&args.checkpoints, family, args.preset, args.seed);
+    let ckpt_root = args.model_store(family);
     let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
     // Stage times survive interruptions: a resumed run reports every invocation's time.
     let mut timer = Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?;

@@ -54,7 +54,7 @@ use super::preset::{train_config, EvalSizes, GradientFreeSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{add_all_row, build, to_markdown, write_outputs, Outcomes};
 use super::rows::{evaluate_clean, fixed, rows_of};
-use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated};
 use super::ReproduceArgs;
 
 /// The columns: the control, then E-ABS.
@@ -267,7 +267,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     let subset = select_subset(test.len(), gsizes.n_samples, args.seed)?;
     let pool = select_pool(test.len(), &subset, POOL_SIZE, args.seed);
     let pool_labels: Vec<u32> = pool.iter().map(|&i| test.labels[i] as u32).collect();
-    let ckpt_root = checkpoint_root(&args.checkpoints, family, args.preset, args.seed);
+    let ckpt_root = args.model_store(family);
     let ds = attack_dataset(kind);
     let eval_fingerprint = attack_fingerprint(&sizes)?;
     let gf_fingerprint = attack_fingerprint(&gsizes)?;

@@ -19,6 +19,7 @@ pub mod report;
 pub mod rows;
 mod table;
 pub mod verify;
+pub mod weights;
 pub mod zoo;
 
 use anyhow::{bail, Result};
@@ -100,6 +101,13 @@ pub struct ReproduceArgs {
     /// Where checkpoints are written and reused.
     #[arg(long, default_value = "checkpoints")]
     pub checkpoints: PathBuf,
+    /// Released weights (`weights/README.md`): a model released there is used instead of
+    /// training when its training configuration is the preset's and its digests match.
+    #[arg(long, default_value = "weights")]
+    pub weights: PathBuf,
+    /// Train every model into `--checkpoints`, ignoring released weights.
+    #[arg(long)]
+    pub retrain: bool,
     /// Run a single-dataset experiment (table5, fig3, fig4, fig5, gradient-free) on another
     /// dataset than the paper's (e.g. `fashion-mnist`, which is available offline). Results go to
     /// `<target>-<dataset>/` so they are never mistaken for the paper's setting.
@@ -108,6 +116,12 @@ pub struct ReproduceArgs {
 }
 
 impl ReproduceArgs {
+    /// Where this run's models of `family` come from.
+    pub fn model_store(&self, family: eabs_models::Family) -> zoo::ModelStore {
+        let weights = (!self.retrain).then_some(self.weights.as_path());
+        zoo::ModelStore::new(&self.checkpoints, weights, family, self.preset, self.seed)
+    }
+
     /// The dataset of a single-dataset experiment and its results directory name: the paper's
     /// (`default`) unless `--dataset` names another.
     #[allow(dead_code)] // the single-dataset targets land next

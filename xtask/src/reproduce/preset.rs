@@ -5,10 +5,10 @@
 use clap::ValueEnum;
 use eabs_inference::InferenceConfig;
 use eabs_models::{Family, ModelKind, TrainConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Preset name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PresetName {
     /// CI-sized: seconds to minutes for a whole table.

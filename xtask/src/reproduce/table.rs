@@ -13,7 +13,7 @@ use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{add_all_row, build, write_outputs, Outcomes};
 use super::rows::{evaluate_clean, run_row, ATTACK_ROWS};
-use super::zoo::{attack_dataset, checkpoint_root, obtain, to_evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated};
 use super::ReproduceArgs;
 
 /// The models of Tables 1-4, in column order.
@@ -41,7 +41,7 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
     let family = Family::from(kind);
     let data_dir = args.data_dir.as_deref();
     let out_dir = args.out.join(table).join(args.preset.as_str());
-    let ckpt_root = checkpoint_root(&args.checkpoints, family, args.preset, args.seed);
+    let ckpt_root = args.model_store(family);
     let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
     // Stage times survive interruptions: a resumed run reports every invocation's time.
     let mut timer = Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?;

@@ -8,8 +8,12 @@ use eabs_datasets::{Dataset, DatasetKind};
 use eabs_inference::{
     AbsClassifier, AbsInference, FrozenAbsModel, InferenceConfig, LatentInference,
 };
-use eabs_models::{Family, Model, ModelConfig, ModelKind, Trainer, Variant};
+use eabs_models::{
+    AbsModel, Family, Model, ModelConfig, ModelKind, Trainer, TrainingData, Validator, Variant,
+};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::preset::{train_config, EvalSizes, PresetName};
 use super::provenance::Timer;
@@ -51,31 +55,82 @@ impl Evaluated {
     }
 }
 
-/// Trains `kind` in `ckpt_root/<kind name>` (resuming an interrupted run, or reusing a finished
-/// one), and returns its best-by-validation checkpoint. Adversarially trained CNNs start from
-/// the CNN's best checkpoint in the same root (Madry et al. via Section 4.3), which must exist.
+/// Where the models of one (family, preset, seed) come from: released weights (`weights/`,
+/// see [`super::weights`]) when present and matching, else the checkpoint tree, where they are
+/// trained, resumed or reused.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStore {
+    /// `<checkpoints>/<family>/<preset>/seed<S>/`: trained models, one directory per kind.
+    pub checkpoints: PathBuf,
+    /// `<weights>/<family>/<preset>/seed<S>/`, unless released weights are ignored (`--retrain`).
+    pub released: Option<PathBuf>,
+}
+
+impl ModelStore {
+    /// The store of `family` under `preset` and `seed`; `weights: None` trains everything.
+    pub fn new(
+        checkpoints: &Path,
+        weights: Option<&Path>,
+        family: Family,
+        preset: PresetName,
+        seed: u64,
+    ) -> Self {
+        Self {
+            checkpoints: checkpoint_root(checkpoints, family, preset, seed),
+            released: weights.map(|w| checkpoint_root(w, family, preset, seed)),
+        }
+    }
+
+    /// The released best checkpoint of `kind` trained with `cfg`, if any (see
+    /// [`super::weights::released_best`]).
+    fn released_best(
+        &self,
+        kind: ModelKind,
+        cfg: &eabs_models::TrainConfig,
+    ) -> Result<Option<PathBuf>> {
+        match &self.released {
+            Some(root) => super::weights::released_best(root, kind, cfg),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Returns the best-by-validation checkpoint of `kind`: the released one when it matches the
+/// preset's training configuration, else trained in `store.checkpoints/<kind name>` (resuming
+/// an interrupted run, or reusing a finished one). Adversarially trained CNNs start from the
+/// CNN's best checkpoint (Madry et al. via Section 4.3), released or trained, which must exist.
 #[allow(clippy::too_many_arguments)]
 pub fn obtain(
     kind: ModelKind,
     family: Family,
     preset: PresetName,
     seed: u64,
-    ckpt_root: &Path,
+    store: &ModelStore,
     train: &Dataset,
     val: &Dataset,
     device: &Device,
     timer: &mut Timer,
 ) -> Result<Model> {
-    let dir = ckpt_root.join(kind.name());
     let cfg = train_config(preset, family, kind, seed);
-    let trainer = Trainer::new(cfg, &dir)?;
+    if let Some(best) = store.released_best(kind, &cfg)? {
+        return Model::load_expecting(&best, &ModelConfig::paper(family, kind), device)
+            .with_context(|| format!("loading released weights {}", best.display()));
+    }
+    let dir = store.checkpoints.join(kind.name());
+    let trainer = Trainer::new(cfg, &dir)?
+        .with_validator(Arc::new(InferenceValidator::new(EvalSizes::of(preset))));
     let best = trainer.best_path();
     timer.stage(&format!("train {}", kind.name()), || {
         let mut model = match kind {
             ModelKind::AdvCnn(_) => {
-                let cnn_best = ckpt_root
-                    .join(ModelKind::Cnn.name())
-                    .join("best.safetensors");
+                let cnn_cfg = train_config(preset, family, ModelKind::Cnn, seed);
+                let cnn_best = match store.released_best(ModelKind::Cnn, &cnn_cfg)? {
+                    Some(p) => p,
+                    None => store
+                        .checkpoints
+                        .join(ModelKind::Cnn.name())
+                        .join("best.safetensors"),
+                };
                 let cnn = Model::load(&cnn_best, device).with_context(|| {
                     format!(
                         "loading the CNN to adversarially train from {} (train the CNN first)",
@@ -129,19 +184,85 @@ pub fn to_evaluated(
     Ok(match model {
         Model::Cnn(c) => Evaluated::Cnn(Box::new(c.frozen())),
         Model::Abs(a) => {
-            let variant = a.variant();
-            let frozen = FrozenAbsModel::new(&a);
-            let mode = mode.unwrap_or_else(|| default_inference(variant));
-            // The plain ABS model with exact inference is the reference's configuration; every
-            // other combination is the model's own (use_encoder, kl_beta) with the chosen mode.
-            let base = if variant == Variant::ABS && mode == LatentInference::Exact {
-                InferenceConfig::abs_reference()
-            } else {
-                frozen.inference_config(mode)
-            };
-            let cfg = sizes.inference(InferenceConfig { mode, ..base });
-            let inference = AbsInference::new(frozen, cfg)?;
+            let inference = abs_inference(&a, sizes, mode)?;
             Evaluated::Abs(Box::new(AbsClassifier::new(inference, Bounds::UNIT, seed)))
         }
     })
+}
+
+/// The inference an ABS-like model is evaluated with: `mode` (default:
+/// [`default_inference`]) at the candidate and Adam-step counts of `sizes`.
+pub fn abs_inference(
+    a: &AbsModel,
+    sizes: &EvalSizes,
+    mode: Option<LatentInference>,
+) -> Result<AbsInference<FrozenAbsModel>> {
+    let variant = a.variant();
+    let frozen = FrozenAbsModel::new(a);
+    let mode = mode.unwrap_or_else(|| default_inference(variant));
+    // The plain ABS model with exact inference is the reference's configuration; every
+    // other combination is the model's own (use_encoder, kl_beta) with the chosen mode.
+    let base = if variant == Variant::ABS && mode == LatentInference::Exact {
+        InferenceConfig::abs_reference()
+    } else {
+        frozen.inference_config(mode)
+    };
+    let cfg = sizes.inference(InferenceConfig { mode, ..base });
+    Ok(AbsInference::new(frozen, cfg)?)
+}
+
+/// Checkpoint selection of ABS-like models by their real classifier: the inference they are
+/// evaluated with (default mode, the preset's candidates and Adam steps), one draw per image
+/// with the trainer's fixed validation seed (issue: the encoder-mean proxy reads ~20 points
+/// above the real classifier and picks the wrong epochs).
+#[derive(Debug, Clone)]
+pub struct InferenceValidator {
+    sizes: EvalSizes,
+}
+
+impl InferenceValidator {
+    /// Validates at the inference sizes of `sizes`.
+    pub fn new(sizes: EvalSizes) -> Self {
+        Self { sizes }
+    }
+}
+
+impl Validator for InferenceValidator {
+    fn describe(&self) -> String {
+        format!(
+            "the real classifier (default inference, {} candidates, {} Adam steps)",
+            self.sizes.n_candidates, self.sizes.n_adam_steps
+        )
+    }
+
+    fn correct(
+        &self,
+        model: &Model,
+        data: &dyn TrainingData,
+        idx: &[usize],
+        seed: u64,
+    ) -> std::result::Result<Vec<bool>, Box<dyn std::error::Error + Send + Sync>> {
+        let Model::Abs(a) = model else {
+            return Err("the inference validator scores ABS-like models only".into());
+        };
+        // One candidate cache for all images, fixed batches of the attacks' size and one seed:
+        // every epoch is scored on the same candidates and the same noise.
+        let inference = abs_inference(a, &self.sizes, None)?;
+        let device = a.store().device();
+        let mut out = Vec::with_capacity(idx.len());
+        for chunk in idx.chunks(self.sizes.batch_size.max(1)) {
+            let xs = data.images(chunk, device)?;
+            let predictions = inference
+                .infer(&xs, seed)?
+                .predictions()?
+                .to_vec1::<u32>()?;
+            out.extend(
+                predictions
+                    .iter()
+                    .zip(data.labels(chunk))
+                    .map(|(p, y)| *p == y),
+            );
+        }
+        Ok(out)
+    }
 }

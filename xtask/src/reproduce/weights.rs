@@ -1,0 +1,315 @@
+//! Released weights: trained checkpoints committed under `weights/` so that a new user gets a
+//! preset's tables without retraining, and a long training continues from the repository alone.
+//!
+//! `weights/` has the layout of the checkpoint tree (`<family>/<preset>/seed<S>/<model>/`).
+//! A model directory is *released* when it holds `release.json` ([`Release`]): the training
+//! configuration it was trained with, the sha256 of every file, the best epoch and its
+//! validation accuracy, and the commit. `reproduce` and `train` use a released model only when
+//! its configuration equals the preset's (so weights of an older protocol are never passed
+//! off as the current one) and every digest matches (a damaged file is an error, not a silent
+//! retrain); `--retrain` ignores releases.
+
+use anyhow::{bail, Context, Result};
+use eabs_models::{Family, ModelKind, TrainConfig, TrainState};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::preset::PresetName;
+use super::provenance::{git_revision, unix_time};
+use super::zoo::checkpoint_root;
+
+/// The manifest of one released model (`release.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    /// Model name (`ModelKind::name`).
+    pub model: String,
+    /// Dataset family.
+    pub family: Family,
+    /// Preset whose training sizes made it.
+    pub preset: PresetName,
+    /// Training seed.
+    pub seed: u64,
+    /// The full training configuration.
+    pub train_config: TrainConfig,
+    /// Completed epochs (equal to `train_config.epochs` for a finished training).
+    pub epochs_done: usize,
+    /// Epoch of the best checkpoint and its validation accuracy.
+    pub best_epoch: Option<usize>,
+    /// See `best_epoch`.
+    pub best_val_accuracy: Option<f64>,
+    /// What selected the best checkpoint (the real classifier for ABS-like models).
+    pub selected_by: Option<String>,
+    /// Total training wall time over all epochs (seconds, from `metrics.jsonl`).
+    pub train_seconds: f64,
+    /// sha256 (hex) of each file of the directory, by file name.
+    pub sha256: BTreeMap<String, String>,
+    /// Commit the release was made at.
+    pub commit: String,
+    /// When (Unix seconds).
+    pub released_at: u64,
+}
+
+/// The files a release holds: the best checkpoint (what is evaluated), the last one with the
+/// optimiser state (what a longer training resumes from), metrics and configuration.
+pub const RELEASE_FILES: [&str; 4] = [
+    "best.safetensors",
+    "last.safetensors",
+    "metrics.jsonl",
+    "train_config.json",
+];
+
+/// Name of the manifest file.
+pub const MANIFEST: &str = "release.json";
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+impl Release {
+    /// Reads `dir/release.json`, or `None` when the directory holds no release.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(MANIFEST);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let r = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a release manifest", path.display()))?;
+        Ok(Some(r))
+    }
+
+    /// Checks every recorded digest against the files in `dir`, naming the first that differs.
+    pub fn verify(&self, dir: &Path) -> Result<()> {
+        for name in RELEASE_FILES {
+            let Some(want) = self.sha256.get(name) else {
+                bail!(
+                    "{}: no sha256 recorded for {name}",
+                    dir.join(MANIFEST).display()
+                );
+            };
+            let path = dir.join(name);
+            if !path.is_file() {
+                bail!(
+                    "{}: released file missing (listed in {MANIFEST})",
+                    path.display()
+                );
+            }
+            let got = sha256_file(&path)?;
+            if &got != want {
+                bail!(
+                    "{}: sha256 {got} differs from {want} recorded in {MANIFEST}: the file was changed or damaged (restore it with git, or pass --retrain)",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The released `best.safetensors` of `kind` under `weights_root` (the `weights/` tree), if a
+/// release exists whose training configuration is `expected` and whose digests match. A
+/// release of another configuration is skipped with a log line; a damaged one is an error.
+pub fn released_best(
+    weights_root: &Path,
+    kind: ModelKind,
+    expected: &TrainConfig,
+) -> Result<Option<PathBuf>> {
+    let dir = weights_root.join(kind.name());
+    let Some(release) = Release::read(&dir)? else {
+        return Ok(None);
+    };
+    if &release.train_config != expected {
+        tracing::warn!(
+            dir = %dir.display(),
+            "released weights were trained with another configuration than the preset's; training instead"
+        );
+        return Ok(None);
+    }
+    if release.epochs_done != expected.epochs {
+        tracing::warn!(
+            dir = %dir.display(),
+            epochs_done = release.epochs_done,
+            epochs = expected.epochs,
+            "released weights are of an unfinished training; training instead"
+        );
+        return Ok(None);
+    }
+    release.verify(&dir)?;
+    tracing::info!(dir = %dir.display(), "using released weights");
+    Ok(Some(dir.join("best.safetensors")))
+}
+
+/// Releases every model of `kinds` found in the checkpoint tree at `checkpoints` into
+/// `weights` (copying its files, unless the two trees are the same) and writes its manifest.
+/// Unfinished trainings are released too (marked by `epochs_done`): they are what a long run
+/// resumes from, but `reproduce` uses only finished ones.
+pub fn release(
+    checkpoints: &Path,
+    weights: &Path,
+    family: Family,
+    preset: PresetName,
+    seed: u64,
+    kinds: &[ModelKind],
+) -> Result<Vec<(PathBuf, Release)>> {
+    let src_root = checkpoint_root(checkpoints, family, preset, seed);
+    let dst_root = checkpoint_root(weights, family, preset, seed);
+    let commit = git_revision(Path::new("."));
+    let mut out = Vec::new();
+    for &kind in kinds {
+        let src = src_root.join(kind.name());
+        if !src.join("last.safetensors").is_file() {
+            continue;
+        }
+        let dst = dst_root.join(kind.name());
+        std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
+        let same = std::fs::canonicalize(&src)? == std::fs::canonicalize(&dst)?;
+        if !same {
+            for name in RELEASE_FILES {
+                let (from, to) = (src.join(name), dst.join(name));
+                let bytes =
+                    std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+                super::provenance::write_atomic(&to, &bytes)?;
+            }
+        }
+        let ckpt = eabs_models::Checkpoint::read(
+            &dst.join("last.safetensors"),
+            &candle_core::Device::Cpu,
+        )?;
+        let state: TrainState =
+            serde_json::from_str(ckpt.meta(eabs_models::checkpoint::KEY_TRAIN_STATE)?)
+                .with_context(|| {
+                    format!(
+                        "{}: bad train_state metadata",
+                        dst.join("last.safetensors").display()
+                    )
+                })?;
+        let metrics = eabs_models::train::read_metrics_file(&dst.join("metrics.jsonl"))?;
+        let mut sha256 = BTreeMap::new();
+        for name in RELEASE_FILES {
+            sha256.insert(name.to_string(), sha256_file(&dst.join(name))?);
+        }
+        let r = Release {
+            model: kind.name().into(),
+            family,
+            preset,
+            seed,
+            train_config: state.config.clone(),
+            epochs_done: state.epochs_done,
+            best_epoch: state.best_epoch,
+            best_val_accuracy: state.best_val_accuracy,
+            selected_by: state.selected_by.clone(),
+            train_seconds: metrics.iter().map(|m| m.seconds).sum(),
+            sha256,
+            commit: commit.clone(),
+            released_at: unix_time(),
+        };
+        super::write_json(&dst.join(MANIFEST), &r)?;
+        out.push((dst, r));
+    }
+    Ok(out)
+}
+
+/// Every `release.json` below `root`, verified: `(directory, manifest)`.
+pub fn verify_tree(root: &Path) -> Result<Vec<(PathBuf, Release)>> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?;
+        for e in entries {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+        if let Some(r) = Release::read(&dir)? {
+            r.verify(&dir)?;
+            found.push((dir, r));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use eabs_models::{Model, ModelConfig, TensorData, Trainer};
+
+    /// One epoch of a CNN on 16 random Fashion-MNIST-shaped images into the checkpoint tree.
+    fn train_tiny(checkpoints: &Path, cfg: &TrainConfig) -> Result<()> {
+        let dir = checkpoint_root(checkpoints, cfg.family, PresetName::Smoke, cfg.seed)
+            .join(cfg.kind.name());
+        let images = Tensor::rand(0f32, 1f32, (16, 1, 28, 28), &Device::Cpu)?;
+        let data = TensorData::new(images, (0..16).map(|i| i % 10).collect(), "tiny")?;
+        let mut model = Model::new(&ModelConfig::paper(cfg.family, cfg.kind), 0, &Device::Cpu)?;
+        Trainer::new(cfg.clone(), dir)?.run(&mut model, &data, &data)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_release_is_used_only_when_it_matches_and_is_intact() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let (ckpts, weights) = (tmp.path().join("checkpoints"), tmp.path().join("weights"));
+        let (family, kind) = (Family::FashionMnist, ModelKind::Cnn);
+        let cfg = TrainConfig {
+            epochs: 1,
+            batch_size: 8,
+            max_train_samples: None,
+            max_val_samples: None,
+            ..TrainConfig::smoke(family, kind)
+        };
+        train_tiny(&ckpts, &cfg)?;
+        let done = release(&ckpts, &weights, family, PresetName::Smoke, 0, &[kind])?;
+        assert_eq!(done.len(), 1);
+        let (dir, r) = &done[0];
+        assert_eq!((r.epochs_done, r.train_config.clone()), (1, cfg.clone()));
+        assert_eq!(r.sha256.len(), RELEASE_FILES.len());
+        let root = checkpoint_root(&weights, family, PresetName::Smoke, 0);
+        assert_eq!(
+            released_best(&root, kind, &cfg)?,
+            Some(dir.join("best.safetensors"))
+        );
+        assert_eq!(verify_tree(&weights)?.len(), 1);
+        // Another protocol: not used (trained instead).
+        let other = TrainConfig {
+            batch_size: 4,
+            ..cfg.clone()
+        };
+        assert_eq!(released_best(&root, kind, &other)?, None);
+        // A damaged file: an error naming it, never a silent retrain.
+        let best = dir.join("best.safetensors");
+        let mut bytes = std::fs::read(&best)?;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&best, bytes)?;
+        let err = released_best(&root, kind, &cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("best.safetensors") && err.contains("sha256"),
+            "{err}"
+        );
+        assert!(verify_tree(&weights).is_err());
+        // Releasing a tree onto itself rewrites only the manifest.
+        let done = release(&ckpts, &ckpts, family, PresetName::Smoke, 0, &[kind])?;
+        assert_eq!(done.len(), 1);
+        Ok(())
+    }
+}
