@@ -12,9 +12,7 @@
 use anyhow::{bail, Context, Result};
 use eabs_models::{Family, ModelKind, TrainConfig, TrainState};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::preset::PresetName;
@@ -64,21 +62,10 @@ pub const RELEASE_FILES: [&str; 4] = [
 /// Name of the manifest file.
 pub const MANIFEST: &str = "release.json";
 
-/// sha256 of a file, hex.
+/// sha256 of a file, hex (the datasets' digest function, so one implementation serves both).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(eabs_datasets::manifest::sha256_hex(&bytes))
 }
 
 impl Release {
