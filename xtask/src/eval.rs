@@ -20,7 +20,7 @@ use crate::reproduce::evaluate::{evaluate, select_subset};
 use crate::reproduce::preset::{train_config, EvalSizes};
 use crate::reproduce::provenance::{git_revision, unix_time, Hardware, Timer};
 use crate::reproduce::rows::{clean_row, run_row_at, RowSpec};
-use crate::reproduce::zoo::{attack_dataset, default_inference, to_evaluated};
+use crate::reproduce::zoo::{attack_dataset, default_inference, to_evaluated, CheckpointId};
 use crate::train::ModelArgs;
 
 /// The attacks of Tables 1-4.
@@ -130,6 +130,16 @@ fn row_of(attack: AttackArg, norm: Option<NormArg>) -> Result<Option<RowSpec>> {
     }))
 }
 
+/// File name of an eval journal: the row, and for attacks the epsilon in scientific notation
+/// (short and exact for any finite f64: `1e308` stays a short name).
+fn journal_name(row_name: &str, attacked: bool, eps: f64) -> String {
+    if attacked {
+        format!("{row_name}-eps{eps:e}.jsonl")
+    } else {
+        format!("{row_name}.jsonl")
+    }
+}
+
 /// Runs `cargo xtask eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let a = &args.model;
@@ -149,7 +159,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let ds = attack_dataset(a.dataset);
     let eps = match (row, args.epsilon) {
-        (None, _) => 0.0,
+        (None, Some(_)) => bail!("--epsilon makes no sense for clean accuracy; give --attack too"),
+        (None, None) => 0.0,
         (Some(_), Some(e)) if !(e.is_finite() && e >= 0.0) => {
             bail!("--epsilon must be a finite non-negative number, got {e}")
         }
@@ -171,8 +182,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             a.seed
         );
     }
-    let model =
-        Model::load(&ckpt, &device).with_context(|| format!("loading {}", ckpt.display()))?;
+    if let Some(json) = &args.json {
+        if json.is_dir() {
+            bail!("--json {} is a directory; give a file name", json.display());
+        }
+    }
+    // The checkpoint must hold the model and dataset asked for (its metadata says which), and
+    // the journal is bound to its content, not its path.
+    let checkpoint = CheckpointId::of(&ckpt)?;
+    let model = Model::load_as(&ckpt, a.dataset.into(), a.model, &device)
+        .with_context(|| format!("loading {}", ckpt.display()))?;
     let mode = args.inference.map(|i| match i {
         InferenceArg::Exact => LatentInference::Exact,
         InferenceArg::Variational => LatentInference::Variational,
@@ -193,6 +212,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let data_dir = a.data_dir.as_deref();
     let test = load(a.dataset, Split::Test, data_dir, a.seed)?;
     let subset = select_subset(test.len(), sizes.n_samples, a.seed)?;
+    let test_sha256 = test.content_sha256();
 
     let row_name = row.map_or("clean".to_string(), |r| format!("{}-{}", r.norm, r.attack));
     let mode_name = inference.map_or(String::new(), |m| format!("-{m:?}").to_lowercase());
@@ -204,7 +224,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .join(a.preset.as_str())
         .join(format!("seed{}", a.seed))
         .join(format!("{}{mode_name}", a.model.name()))
-        .join(format!("{row_name}-eps{eps}.jsonl"));
+        .join(journal_name(&row_name, row.is_some(), eps));
+    // One evaluation per journal folder at a time.
+    let _lock = crate::lock::DirLock::acquire(
+        journal.parent().unwrap_or(Path::new(".")),
+        "eval journal folder",
+    )?;
     let mut attack_sizes = serde_json::to_value(&sizes)?;
     if let Some(o) = attack_sizes.as_object_mut() {
         o.remove("n_samples");
@@ -212,7 +237,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let attack_seed = a.seed.wrapping_mul(1000).wrapping_add(7919);
     let settings = serde_json::json!({
-        "checkpoint": ckpt,
+        "checkpoint_sha256": checkpoint.sha256,
+        "test_data_sha256": test_sha256,
         "train": train_config(a.preset, a.dataset.into(), a.model, a.seed),
         "inference": inference,
         "row": row_name,
@@ -275,7 +301,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             &serde_json::json!({
                 "model": a.model.name(),
                 "dataset": a.dataset.name(),
-                "checkpoint": ckpt,
+                "checkpoint": checkpoint,
                 "inference": inference,
                 "row": row_name,
                 "epsilon": eps,
@@ -308,6 +334,18 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_names_stay_short_for_any_epsilon() {
+        assert_eq!(journal_name("clean", false, 0.0), "clean.jsonl");
+        assert_eq!(
+            journal_name("linf-pgd", true, 0.1),
+            "linf-pgd-eps1e-1.jsonl"
+        );
+        let huge = journal_name("l2-pgd", true, 1e308);
+        assert_eq!(huge, "l2-pgd-eps1e308.jsonl");
+        assert!(journal_name("l2-pgd", true, f64::MAX).len() < 60);
+    }
 
     #[test]
     fn attack_and_norm_combinations() {

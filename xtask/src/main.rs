@@ -7,6 +7,7 @@
 mod data;
 mod eval;
 mod fetch;
+mod lock;
 mod paper;
 mod reproduce;
 mod train;
@@ -60,6 +61,11 @@ fn main() -> anyhow::Result<()> {
     // process instead of page-faulting it back; and leave the cores to rayon's pool instead of
     // two pools fighting for them (eabs_kernels::allocator and ::threads explain the numbers).
     eabs_kernels::tune_process();
+    // An empty `EABS_DATA_DIR=` means "not set", as the datasets crate reads it; clap would
+    // otherwise take it as an empty `--data-dir` and refuse every command.
+    if std::env::var_os(eabs_datasets::load::DATA_DIR_ENV).is_some_and(|v| v.is_empty()) {
+        std::env::remove_var(eabs_datasets::load::DATA_DIR_ENV);
+    }
     match Cli::parse().command {
         Command::Data { command } => data::run(command),
         Command::Fetch(args) => fetch::run(&args),

@@ -152,6 +152,7 @@ fn run_custom(a: &ModelArgs, p: &ProtocolArgs) -> Result<()> {
     let val = load(a.dataset, Split::Validation, a.data_dir.as_deref(), a.seed)?;
     let cfg = p.apply(train_config(a.preset, family, a.model, a.seed));
     tracing::info!(config = ?cfg, "custom training protocol");
+    let _lock = crate::lock::DirLock::acquire(out, "checkpoint directory")?;
     let trainer = Trainer::new(cfg, out)?
         .with_validator(Arc::new(InferenceValidator::new(EvalSizes::of(a.preset))));
     let mut model = Model::new(&ModelConfig::paper(family, a.model), a.seed, &device)?;

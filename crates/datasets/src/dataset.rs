@@ -128,6 +128,18 @@ impl Dataset {
         })
     }
 
+    /// sha256 of the content (shape, pixels, labels): identifies the data an evaluation saw,
+    /// whatever file or format it was read from, so that results can be bound to it.
+    pub fn content_sha256(&self) -> String {
+        let mut h = crate::manifest::Sha256Stream::new();
+        for d in [self.channels, self.height, self.width, self.len()] {
+            h.update(&(d as u64).to_le_bytes());
+        }
+        h.update(&self.images);
+        h.update(&self.labels);
+        h.finish_hex()
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -34,19 +34,45 @@ pub struct IdxArray {
 /// Decompression is decided by content, not by the file name, so a `.gz` that a tool already
 /// unpacked, or an unpacked file that kept its `.gz` name, still loads.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    read_maybe_gz_limited(path, MAX_DECOMPRESSED)
+}
+
+/// Largest decompressed file accepted when no manifest gives the size: 2 GiB, well above any
+/// dataset file here (SVHN's extra set is 1.3 GB) and far below what a gzip bomb would reach.
+pub const MAX_DECOMPRESSED: u64 = 2 << 30;
+
+/// [`read_maybe_gz`] that fails as soon as the decompressed data exceed `limit` bytes.
+pub fn read_maybe_gz_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decompress_if_gzip(raw, path)
+    decompress_if_gzip_limited(raw, path, limit)
 }
 
 /// Decompresses `raw` when it starts with the gzip magic; `path` names it in errors.
 pub fn decompress_if_gzip(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
+    decompress_if_gzip_limited(raw, path, MAX_DECOMPRESSED)
+}
+
+/// [`decompress_if_gzip`] that stops after `limit + 1` decompressed bytes and fails, naming
+/// the limit, instead of growing without bound.
+pub fn decompress_if_gzip_limited(raw: Vec<u8>, path: &Path, limit: u64) -> Result<Vec<u8>> {
     if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
-        let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
+        let cap = raw.len().saturating_mul(4).min(limit as usize + 1);
+        let mut out = Vec::with_capacity(cap);
         flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(limit.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| {
                 Error::malformed(path, format!("gzip stream is corrupt or truncated: {e}"))
             })?;
+        if out.len() as u64 > limit {
+            return Err(Error::malformed(
+                path,
+                format!(
+                    "decompresses to more than {limit} bytes (the expected size); refusing to \
+                     decompress further (a corrupt file or a gzip bomb)"
+                ),
+            ));
+        }
         Ok(out)
     } else {
         Ok(raw)

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dataset::{check_labels, Dataset, Split};
 use crate::error::{Error, Result};
-use crate::idx::{expect_rank, parse_idx, read_maybe_gz};
+use crate::idx::{expect_rank, parse_idx, read_maybe_gz_limited};
 use crate::manifest::{verify, Manifest};
 use crate::svhn::parse_svhn;
 use crate::traffic::cache;
@@ -135,8 +135,18 @@ pub fn find_dataset_dir(kind: DatasetKind, data_dir: Option<&Path>) -> Result<Pa
     })
 }
 
-/// Finds the first existing spelling of `names` in `dir`.
+/// Finds the first existing spelling of `names` in `dir`. Something other than a file under
+/// one of the names (a directory, say) is reported as what it is, not as a missing file.
 fn find_file(dir: &Path, names: &[String], dataset: &str) -> Result<PathBuf> {
+    if let Some(p) = names.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+        return Ok(p);
+    }
+    if let Some(p) = names.iter().map(|n| dir.join(n)).find(|p| p.exists()) {
+        return Err(Error::malformed(
+            &p,
+            "is a directory (or another non-file), where the dataset file should be",
+        ));
+    }
     names
         .iter()
         .map(|n| dir.join(n))
@@ -156,12 +166,20 @@ fn read_verified_idx(
     verify_it: bool,
 ) -> Result<(PathBuf, crate::idx::IdxArray)> {
     let path = find_file(dir, &idx_names(base), kind.name())?;
-    let bytes = read_maybe_gz(&path)?;
+    let entry = Manifest::builtin(kind)
+        .as_ref()
+        .and_then(|m| m.file(base).cloned());
+    // Decompression stops at the manifest's size (a gzip bomb fails after that many bytes, not
+    // after filling the memory); without a size, at the general cap.
+    // With verification off (a modified copy), only the general cap applies.
+    let limit = entry
+        .as_ref()
+        .filter(|_| verify_it)
+        .and_then(|e| e.size)
+        .unwrap_or(crate::idx::MAX_DECOMPRESSED);
+    let bytes = read_maybe_gz_limited(&path, limit)?;
     if verify_it {
-        if let Some(entry) = Manifest::builtin(kind)
-            .as_ref()
-            .and_then(|m| m.file(base).cloned())
-        {
+        if let Some(entry) = entry {
             verify(&bytes, &entry, &path)?;
         }
     }

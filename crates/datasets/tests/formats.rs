@@ -235,3 +235,40 @@ fn search_prefers_the_named_subdirectory_and_accepts_mirror_spellings() {
         "{e}"
     );
 }
+
+#[test]
+fn a_gzip_bomb_stops_at_the_manifests_size() {
+    // 64 MB of zeros compress to ~64 KB; the manifest expects 7,840,016 bytes for the
+    // Fashion-MNIST test images, so decompression must stop just past that, not at 64 MB.
+    let root = tempfile::tempdir().unwrap();
+    write_mnist(root.path(), "t10k", 10, true);
+    let zeros = vec![0u8; 64 << 20];
+    std::fs::write(root.path().join("t10k-images-idx3-ubyte.gz"), gzip(&zeros)).unwrap();
+    let e = load(DatasetKind::FashionMnist, Split::Test, Some(root.path()), 0).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("t10k-images-idx3-ubyte.gz")
+            && msg.contains("decompresses to more than 7840016 bytes"),
+        "{msg}"
+    );
+    // Without a manifest size the general cap applies; a small explicit limit shows it works.
+    let path = root.path().join("t10k-images-idx3-ubyte.gz");
+    let e = eabs_datasets::idx::read_maybe_gz_limited(&path, 1000).unwrap_err();
+    assert!(e.to_string().contains("more than 1000 bytes"), "{e}");
+}
+
+#[test]
+fn a_directory_in_a_files_place_is_named_as_such() {
+    let root = tempfile::tempdir().unwrap();
+    write_mnist(root.path(), "train", 10, false);
+    std::fs::create_dir(root.path().join("t10k-images-idx3-ubyte.gz")).unwrap();
+    write_mnist(root.path(), "t10k", 10, false);
+    std::fs::remove_file(root.path().join("t10k-images-idx3-ubyte")).unwrap();
+    let e = load_with(DatasetKind::Mnist, Split::Test, &no_verify(root.path(), 0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("t10k-images-idx3-ubyte.gz") && e.contains("is a directory"),
+        "{e}"
+    );
+}

@@ -526,11 +526,16 @@ pub(crate) fn weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> 
     };
     let big_chunk = chunk * g.big_len();
     let small_chunk = chunk * g.small_len();
+    // Partial sums are added in chunk order, never in the order threads finish: rayon's
+    // `reduce_with` builds its tree from the work-stealing splits, which vary from run to run,
+    // and float addition is not associative, so training would not be bit-reproducible.
     let partial: Option<Vec<f32>> = if matches!(par, Parallelism::None) {
-        big.par_chunks(big_chunk)
+        let parts: Vec<Vec<f32>> = big
+            .par_chunks(big_chunk)
             .zip(small.par_chunks(small_chunk))
             .map(run)
-            .reduce_with(add)
+            .collect();
+        parts.into_iter().reduce(add)
     } else {
         big.chunks(big_chunk)
             .zip(small.chunks(small_chunk))
@@ -667,7 +672,8 @@ fn pointwise_weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> {
     let p = g.p_small();
     let len = g.c_small * g.c_big;
     let rows = rows_per_task(g.n);
-    let acc = big
+    // Partials in task order, added in that order (see `weight_grad`): deterministic.
+    let parts: Vec<Vec<f64>> = big
         .par_chunks(rows * g.big_len())
         .zip(small.par_chunks(rows * g.small_len()))
         .map(|(big_c, small_c)| {
@@ -681,7 +687,10 @@ fn pointwise_weight_grad(g: &ConvGeom, big: &[f32], small: &[f32]) -> Vec<f32> {
             }
             acc
         })
-        .reduce_with(|mut a, b| {
+        .collect();
+    let acc = parts
+        .into_iter()
+        .reduce(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
             a
         })

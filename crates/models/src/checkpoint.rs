@@ -6,8 +6,13 @@
 //!   `decoders.3.convt4.bias`, `discriminator.fc2.weight`, `classifier.weight`. Training
 //!   checkpoints add optimiser moments `optim.<group>.{m,v}.<param name>`.
 //! - Metadata (string -> string): `format` = `eabs-models/1`, `model_config` = JSON of
-//!   [`crate::ModelConfig`], and in training checkpoints `train_state` = JSON of
+//!   [`crate::ModelConfig`] (model kind, dataset family, architecture), `tensors_sha256` = the
+//!   [`tensors_digest`] of the tensors, and in training checkpoints `train_state` = JSON of
 //!   [`crate::train::TrainState`].
+//!
+//! Reading verifies `tensors_sha256` when present (checkpoints written before it existed have
+//! none; released weights are also covered by the file digests of their `release.json`) and
+//! refuses any tensor with NaN or infinite values: a corrupt checkpoint never loads silently.
 //!
 //! Loading from PyTorch: `safetensors.torch.load_file(path)` gives the tensors with PyTorch's
 //! layouts (linear `(out, in)`, conv `(out, in, k, k)`, transposed conv `(in, out, k, k)`), and
@@ -34,6 +39,39 @@ pub const KEY_CONFIG: &str = "model_config";
 pub const KEY_TRAIN_STATE: &str = "train_state";
 /// Prefix of optimiser tensors (ignored when loading a model).
 pub const OPTIM_PREFIX: &str = "optim.";
+/// Metadata key of the digest of the tensor data ([`tensors_digest`]).
+pub const KEY_TENSORS_SHA256: &str = "tensors_sha256";
+
+/// sha256 over every tensor in name order: name, shape and little-endian f32 data, each
+/// length-prefixed, so that renaming, reshaping or changing any value changes the digest.
+/// Independent of the safetensors header layout, so the digest of a checkpoint re-serialised
+/// by another tool stays the same.
+pub fn tensors_digest<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut hasher = eabs_datasets::manifest::Sha256Stream::new();
+    for (name, shape, data) in tensors {
+        buf.clear();
+        buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(&(shape.len() as u64).to_le_bytes());
+        for d in shape {
+            buf.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        buf.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        hasher.update(&buf);
+        hasher.update(data);
+    }
+    hasher.finish_hex()
+}
+
+/// Number of NaN or infinite values in little-endian f32 `data`.
+fn non_finite(data: &[u8]) -> usize {
+    data.chunks_exact(4)
+        .filter(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+        .count()
+}
 
 /// Writes `bytes` to `path` atomically (temporary file in the same directory, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -81,12 +119,50 @@ pub fn save_tensors(
             })?;
         views.push((name.clone(), view));
     }
+    let mut metadata = metadata;
+    metadata.insert(
+        KEY_TENSORS_SHA256.to_string(),
+        tensors_digest(
+            raw.iter()
+                .map(|(n, shape, bytes)| (n.as_str(), shape.as_slice(), bytes.as_slice())),
+        ),
+    );
     let bytes =
         safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| Error::Safetensors {
             path: path.into(),
             source: e,
         })?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &canonical_header(bytes))
+}
+
+/// The same safetensors file with its JSON header's keys sorted. `safetensors` writes the
+/// metadata from a `HashMap`, whose order changes from process to process, so two identical
+/// trainings would otherwise give files with different bytes (and digests). The header keeps
+/// its length (same keys and values, padded with spaces as before), so data offsets hold.
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    let Some(n) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + n) else {
+        return bytes;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    // serde_json's map is ordered by key (no `preserve_order`), so this sorts every level.
+    let Ok(mut sorted) = serde_json::to_vec(&value) else {
+        return bytes;
+    };
+    if sorted.len() > n {
+        return bytes;
+    }
+    sorted.resize(n, b' ');
+    let mut out = bytes;
+    out[8..8 + n].copy_from_slice(&sorted);
+    out
 }
 
 /// A checkpoint read into memory: its tensors and metadata.
@@ -102,7 +178,9 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Reads and validates the container (not yet against an architecture). Non-f32 tensors are
-    /// rejected with [`Error::TensorDtype`].
+    /// rejected with [`Error::TensorDtype`], tensor data that differ from the recorded
+    /// `tensors_sha256` with [`Error::Corrupt`], NaN or infinite values with
+    /// [`Error::NonFinite`].
     pub fn read(path: &Path, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
@@ -115,14 +193,35 @@ impl Checkpoint {
                 source: e,
             })?;
         let metadata = meta.metadata().clone().unwrap_or_default();
+        let mut views = st.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(expected) = metadata.get(KEY_TENSORS_SHA256) {
+            let found =
+                tensors_digest(views.iter().map(|(n, v)| (n.as_str(), v.shape(), v.data())));
+            if &found != expected {
+                return Err(Error::Corrupt {
+                    path: path.into(),
+                    expected: expected.clone(),
+                    found,
+                });
+            }
+        }
         let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
+        for (name, view) in views {
             if view.dtype() != Dtype::F32 {
                 return Err(Error::TensorDtype {
                     path: path.into(),
                     name,
                     expected: "F32".into(),
                     found: format!("{:?}", view.dtype()),
+                });
+            }
+            let count = non_finite(view.data());
+            if count > 0 {
+                return Err(Error::NonFinite {
+                    path: path.into(),
+                    name,
+                    count,
                 });
             }
             let t = Tensor::from_raw_buffer(view.data(), DType::F32, view.shape(), device)?;

@@ -51,6 +51,40 @@ pub enum Error {
         /// Configuration in the file (JSON).
         found: String,
     },
+    /// The checkpoint holds another kind of model, or one for another dataset, than asked for.
+    #[error("{path}: holds a {found_kind} for {found_family}, but a {expected_kind} for {expected_family} was asked for")]
+    WrongModel {
+        /// The file.
+        path: PathBuf,
+        /// Requested model kind, e.g. `CNN`.
+        expected_kind: String,
+        /// Requested dataset family.
+        expected_family: String,
+        /// Model kind in the file.
+        found_kind: String,
+        /// Dataset family in the file.
+        found_family: String,
+    },
+    /// The tensor data differ from the digest recorded when the checkpoint was written.
+    #[error("{path}: tensor data are corrupt: sha256 {found}, the checkpoint's metadata records {expected}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Digest in the metadata.
+        expected: String,
+        /// Digest of the data read.
+        found: String,
+    },
+    /// A tensor holds NaN or infinite values.
+    #[error("{path}: tensor `{name}` holds {count} NaN or infinite values; refusing to load it")]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// Tensor name.
+        name: String,
+        /// How many values are not finite.
+        count: usize,
+    },
     /// A tensor the architecture needs is absent.
     #[error("{path}: tensor `{name}` is missing from the checkpoint")]
     MissingTensor {

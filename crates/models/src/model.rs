@@ -7,7 +7,7 @@ use candle_core::Device;
 use crate::abs::AbsModel;
 use crate::checkpoint::{model_metadata, save_tensors, store_tensors, Checkpoint};
 use crate::cnn::Cnn;
-use crate::config::{ModelConfig, ModelKind};
+use crate::config::{Family, ModelConfig, ModelKind};
 use crate::error::{Error, Result};
 use crate::layers::DropoutRng;
 use crate::params::ParamStore;
@@ -76,11 +76,30 @@ impl Model {
         Ok(model)
     }
 
+    /// Loads a checkpoint that must hold a `kind` model for `family` (any architecture the
+    /// metadata describes); otherwise [`Error::WrongModel`] naming both. What `eval
+    /// --checkpoint` uses, so that an E-ABS file is never evaluated (and labelled) as a CNN, nor
+    /// an MNIST model on Fashion-MNIST.
+    pub fn load_as(path: &Path, family: Family, kind: ModelKind, device: &Device) -> Result<Self> {
+        let ckpt = Checkpoint::read(path, device)?;
+        let found = ckpt.model_config()?;
+        check_identity(path, &found, family, kind)?;
+        let model = Model::new(&found, 0, device).map_err(|e| Error::BadMetadata {
+            path: path.into(),
+            key: crate::checkpoint::KEY_CONFIG.into(),
+            message: e.to_string(),
+        })?;
+        ckpt.load_into(model.store())?;
+        Ok(model)
+    }
+
     /// Loads a checkpoint that must hold exactly the model `expected` describes; otherwise
-    /// [`Error::ConfigMismatch`] (or a tensor error if the metadata lies about the tensors).
+    /// [`Error::WrongModel`] (another kind or dataset) or [`Error::ConfigMismatch`] (another
+    /// architecture), or a tensor error if the metadata lies about the tensors.
     pub fn load_expecting(path: &Path, expected: &ModelConfig, device: &Device) -> Result<Self> {
         let ckpt = Checkpoint::read(path, device)?;
         let found = ckpt.model_config()?;
+        check_identity(path, &found, expected.family, expected.kind)?;
         if &found != expected {
             return Err(Error::ConfigMismatch {
                 path: path.into(),
@@ -128,4 +147,18 @@ impl Model {
             Model::Cnn(_) => None,
         }
     }
+}
+
+/// [`Error::WrongModel`] unless `found` is a `kind` model for `family`.
+fn check_identity(path: &Path, found: &ModelConfig, family: Family, kind: ModelKind) -> Result<()> {
+    if found.kind != kind || found.family != family {
+        return Err(Error::WrongModel {
+            path: path.into(),
+            expected_kind: kind.name().into(),
+            expected_family: family.name().into(),
+            found_kind: found.kind.name().into(),
+            found_family: found.family.name().into(),
+        });
+    }
+    Ok(())
 }

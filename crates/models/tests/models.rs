@@ -385,11 +385,66 @@ fn bad_checkpoints_give_named_errors() -> anyhow::Result<()> {
         Err(Error::Io { .. })
     ));
 
-    // Config mismatch.
+    // Another kind of model, or another dataset, than asked for: both named.
     let other = tiny_config(ModelKind::Abs(Variant::ABS));
     let err = Model::load_expecting(&good, &other, &dev).unwrap_err();
+    assert!(matches!(err, Error::WrongModel { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("good.safetensors")
+            && msg.contains("holds a E-ABS")
+            && msg.contains("ABS for"),
+        "{msg}"
+    );
+    let err = Model::load_as(&good, cfg.family, ModelKind::Cnn, &dev).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("but a CNN for mnist was asked for"),
+        "{err}"
+    );
+    let err = Model::load_as(&good, Family::FashionMnist, ModelKind::E_ABS, &dev).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("E-ABS for fashion-mnist was asked for"),
+        "{err}"
+    );
+    assert!(Model::load_as(&good, cfg.family, ModelKind::E_ABS, &dev).is_ok());
+    // Same kind and dataset, another configuration.
+    let other = ModelConfig {
+        beta: 2.0,
+        ..cfg.clone()
+    };
+    let err = Model::load_expecting(&good, &other, &dev).unwrap_err();
     assert!(matches!(err, Error::ConfigMismatch { .. }), "{err}");
-    assert!(err.to_string().contains("good.safetensors"));
+
+    // One flipped bit in the tensor data: the recorded digest catches it.
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 7;
+    flipped[at] ^= 0x01;
+    let flip = dir.path().join("flip.safetensors");
+    std::fs::write(&flip, &flipped)?;
+    let err = Model::load(&flip, &dev).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("flip.safetensors: tensor data are corrupt"),
+        "{err}"
+    );
+
+    // NaN weights (a diverged training), digest consistent: refused by name.
+    let mut tensors = store_tensors(model.store());
+    let w = tensors["decoders.2.fc.weight"].clone();
+    let nan = (w.ones_like()? * f64::NAN)?;
+    tensors.insert("decoders.2.fc.weight".into(), nan);
+    let bad = dir.path().join("nan.safetensors");
+    save_tensors(&bad, &tensors, model_metadata(&cfg))?;
+    match Model::load(&bad, &dev) {
+        Err(Error::NonFinite { name, count, .. }) => {
+            assert_eq!(name, "decoders.2.fc.weight");
+            assert_eq!(count, w.elem_count());
+        }
+        other => panic!("NaN weights loaded: {:?}", other.err()),
+    }
 
     // Wrong tensor shape under the right name.
     let mut tensors = store_tensors(model.store());
@@ -632,7 +687,14 @@ fn paper_presets_follow_section_4_3() {
     let q = TrainConfig::quick(Family::Mnist, ModelKind::E_ABS);
     assert_eq!(
         (q.batch_size, q.lr, q.noise_std, q.epochs, q.lr_halve_every),
-        (64, 1e-3, 0.2, 40, Some(16))
+        (64, 1e-3, 0.2, 80, Some(16))
+    );
+    // Models without an adversarial autoencoder keep 40 epochs; A-ABS has one, like E-ABS.
+    assert_eq!(TrainConfig::quick(Family::Mnist, ModelKind::ABS).epochs, 40);
+    assert_eq!(TrainConfig::quick(Family::Mnist, ModelKind::Cnn).epochs, 40);
+    assert_eq!(
+        TrainConfig::quick(Family::Mnist, ModelKind::Abs(Variant::A_ABS)).epochs,
+        80
     );
     assert_eq!(
         (q.max_train_samples, q.selection_samples),
@@ -777,5 +839,55 @@ fn a_validator_selects_abs_checkpoints_and_the_proxy_is_logged() -> anyhow::Resu
         .run(&mut cnn, &train, &val)?;
     assert!(unused.calls.lock().unwrap().is_empty());
     assert_eq!(s.history[0].val_proxy_accuracy, None);
+    Ok(())
+}
+
+/// Two E-ABS trainings with the same seed give byte-identical checkpoints, on the paper's
+/// MNIST architecture (whose convolutions take the kernels' multi-threaded weight-gradient
+/// paths) in a 4-thread pool: partial sums are added in a fixed order and the header's keys
+/// are sorted, so nothing depends on thread timing or hash-map order.
+#[test]
+fn e_abs_training_is_bit_reproducible() -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let random = |n: usize, seed: u64, name: &str| -> anyhow::Result<eabs_models::TensorData> {
+        let mut rng = derive_rng(seed, Stream::Init, 0, 0);
+        let data: Vec<f32> = (0..n * 28 * 28)
+            .map(|_| rand::Rng::random::<f32>(&mut rng))
+            .collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+        Ok(eabs_models::TensorData::new(
+            Tensor::from_vec(data, (n, 1, 28, 28), &dev)?,
+            labels,
+            name,
+        )?)
+    };
+    let (train, val) = (random(128, 1, "train")?, random(16, 2, "val")?);
+    let cfg = ModelConfig::paper(Family::Mnist, ModelKind::E_ABS);
+    let tc = eabs_models::TrainConfig {
+        preset: "test".into(),
+        epochs: 1,
+        batch_size: 64,
+        max_train_samples: None,
+        max_val_samples: None,
+        ..eabs_models::TrainConfig::smoke(Family::Mnist, ModelKind::E_ABS)
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build()?;
+    let digests: Vec<(String, String)> = (0..2)
+        .map(|_| -> anyhow::Result<(String, String)> {
+            let dir = tempfile::tempdir()?;
+            pool.install(|| -> anyhow::Result<()> {
+                let mut m = Model::new(&cfg, 0, &dev)?;
+                Trainer::new(tc.clone(), dir.path())?.run(&mut m, &train, &val)?;
+                Ok(())
+            })?;
+            let digest = |f: &str| -> anyhow::Result<String> {
+                Ok(eabs_datasets::manifest::sha256_hex(&std::fs::read(
+                    dir.path().join(f),
+                )?))
+            };
+            Ok((digest("last.safetensors")?, digest("best.safetensors")?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(digests[0], digests[1], "same seed, different checkpoints");
     Ok(())
 }

@@ -47,7 +47,7 @@ use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
 use super::rows::{evaluate_clean, run_row, RowSpec, ATTACK_ROWS};
-use super::zoo::{attack_dataset, obtain, to_evaluated, Evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated, Evaluated, Obtained};
 use super::ReproduceArgs;
 
 /// One column of Table 5: a trained variant (A, D) and its latent inference (V).
@@ -199,6 +199,8 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     };
     let family = Family::from(kind);
     let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
+    // One run per results folder: a second fails at once, naming the first.
+    let _lock = crate::lock::DirLock::acquire(&out_dir, "results folder")?;
     let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
     // Stage times survive interruptions: a resumed run reports every invocation's time.
     let mut timer = Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?;
@@ -211,6 +213,8 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         ))
     })?;
     let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
+    // What the journals are bound to: the test images and labels, by content.
+    let test_sha256 = test.content_sha256();
     let ckpt_root = args.model_store(family);
     let ds = attack_dataset(kind);
     let attack_sizes = attack_fingerprint(&sizes)?;
@@ -221,7 +225,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     let mut column_config = Vec::new();
     for variant in trained_variants(&COLUMNS) {
         let mk = ModelKind::Abs(variant);
-        let model = obtain(
+        let Obtained { model, checkpoint } = obtain(
             mk,
             family,
             args.preset,
@@ -245,6 +249,8 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
                 "column": name,
                 "model": column.kind().name(),
                 "train": train_config(args.preset, family, mk, args.seed),
+            "checkpoint_sha256": checkpoint.sha256,
+            "test_data_sha256": test_sha256,
                 "inference": inference_settings(&evaluated)?,
                 "inference_seed": inference_seed,
                 "seed": args.seed,

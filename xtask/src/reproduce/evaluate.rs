@@ -126,12 +126,14 @@ fn check_settings(journal_path: &Path, settings: &serde_json::Value) -> Result<(
         let saved: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", meta.display()))?;
         if &saved != settings {
+            let mut changed = Vec::new();
+            json_differences("", &saved, settings, &mut changed);
             bail!(
-                "journal {} was written by an evaluation with other settings (saved in {}, now {}); \
-                 delete both files to start this stage over, or rerun with the original settings",
+                "journal {} was written by an evaluation with other inputs: {} (saved in {}); \
+                 delete both files to start this stage over, or rerun with the original inputs",
                 journal_path.display(),
+                changed.join("; "),
                 meta.display(),
-                serde_json::to_string(settings)?
             );
         }
     } else if started {
@@ -145,6 +147,41 @@ fn check_settings(journal_path: &Path, settings: &serde_json::Value) -> Result<(
         super::write_json(&meta, settings)?;
     }
     Ok(())
+}
+
+/// Where `new` differs from `old`, as `path: was X, now Y` (leaves of objects; arrays and
+/// values compared whole), so that a refusal names the input that changed, e.g.
+/// `model.checkpoint.sha256: was "ab..", now "cd.."`.
+pub fn json_differences(
+    at: &str,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => json_differences(&path, x, y, out),
+                    (Some(x), None) => out.push(format!("{path}: was {x}, now absent")),
+                    (None, Some(y)) => out.push(format!("{path}: was absent, now {y}")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (a, b) if a != b => out.push(format!(
+            "{}: was {a}, now {b}",
+            if at.is_empty() { "(settings)" } else { at }
+        )),
+        _ => {}
+    }
 }
 
 fn progress_bar(label: &str, len: u64, done: u64) -> ProgressBar {
@@ -193,7 +230,25 @@ mod tests {
         check_settings(&journal, &a)?; // same settings: resume
         let b = serde_json::json!({"attack": "pgd", "steps": 80});
         let err = check_settings(&journal, &b).expect_err("other settings must not resume");
-        assert!(format!("{err:#}").contains("other settings"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("other inputs: steps: was 20, now 80"),
+            "{err:#}"
+        );
+        // Another checkpoint at the same path: named by the field that changed.
+        let c = serde_json::json!({"attack": "pgd", "steps": 20,
+            "model": {"checkpoint": {"path": "best.safetensors", "sha256": "aa"}}});
+        let d = serde_json::json!({"attack": "pgd", "steps": 20,
+            "model": {"checkpoint": {"path": "best.safetensors", "sha256": "bb"}}});
+        let mut changed = Vec::new();
+        json_differences("", &c, &d, &mut changed);
+        assert_eq!(
+            changed,
+            vec![r#"model.checkpoint.sha256: was "aa", now "bb""#]
+        );
+        changed.clear();
+        json_differences("", &a, &c, &mut changed);
+        assert_eq!(changed.len(), 1);
+        assert!(changed[0].starts_with("model: was absent"), "{changed:?}");
         std::fs::remove_file(settings_path(&journal))?;
         assert!(
             check_settings(&journal, &a).is_err(),

@@ -40,7 +40,7 @@ use super::preset::{train_config, EvalSizes, PresetName};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::rows::pgd_config;
 use super::table::MODEL_KINDS;
-use super::zoo::{attack_dataset, obtain, to_evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated, Obtained};
 use super::ReproduceArgs;
 
 /// Columns of the paper's figures (and of `quick`); `smoke` shows four.
@@ -178,6 +178,8 @@ fn reproduce(
     let ds = attack_dataset(kind);
     let data_dir = args.data_dir.as_deref();
     let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
+    // One run per results folder: a second fails at once, naming the first.
+    let _lock = crate::lock::DirLock::acquire(&out_dir, "results folder")?;
     let ckpt_root = args.model_store(family);
     let mut timer = Timer::new();
     let (train, val, test) = timer.stage("load data", || {
@@ -189,6 +191,8 @@ fn reproduce(
     })?;
     // The tables' evaluation subset; the figure shows its first columns.
     let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
+    // What the journals are bound to: the test images and labels, by content.
+    let test_sha256 = test.content_sha256();
     let idx: Vec<usize> = subset[..n_columns(args.preset).min(subset.len())].to_vec();
 
     let mk = ModelKind::E_ABS;
@@ -196,7 +200,7 @@ fn reproduce(
         .iter()
         .position(|&k| k == mk)
         .context("E-ABS is not a column of the tables")?;
-    let model = obtain(
+    let Obtained { model, checkpoint } = obtain(
         mk,
         family,
         args.preset,
@@ -279,6 +283,8 @@ fn reproduce(
         "model": mk.name(),
         "inference_seed": args.seed.wrapping_add(m_idx as u64),
         "train": train_config(args.preset, family, mk, args.seed),
+            "checkpoint": checkpoint,
+            "test_data_sha256": test_sha256,
         "checkpoints": ckpt_root,
     });
     let provenance = Provenance::of_reproduce(commit, args, started, timer, command);

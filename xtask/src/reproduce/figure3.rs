@@ -30,7 +30,7 @@ use super::preset::{train_config, EvalSizes, PresetName};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::rows::{evaluate_clean, pgd_config, rows_of, ATTACK_ROWS};
 use super::table::MODEL_KINDS;
-use super::zoo::{attack_dataset, obtain, to_evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated, Obtained};
 use super::ReproduceArgs;
 
 /// The two panels: (a) L_inf and (b) L_2, with the names used in files and JSON.
@@ -425,6 +425,8 @@ fn reproduce(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     let ds = attack_dataset(kind);
     let data_dir = args.data_dir.as_deref();
     let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
+    // One run per results folder: a second fails at once, naming the first.
+    let _lock = crate::lock::DirLock::acquire(&out_dir, "results folder")?;
     // The tables' checkpoint root: Table 4 (or the --dataset's table) and Figure 3 share models.
     let ckpt_root = args.model_store(family);
     let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
@@ -445,6 +447,8 @@ fn reproduce(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         ))
     })?;
     let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
+    // What the journals are bound to: the test images and labels, by content.
+    let test_sha256 = test.content_sha256();
     // The journal may be resumed by any run with the same attack sizes (not the batch size or
     // the number of samples, which the per-sample records check themselves).
     let mut attack_sizes = serde_json::to_value(&sizes)?;
@@ -460,7 +464,7 @@ fn reproduce(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         robust: BTreeMap::new(),
     };
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
-        let model = obtain(
+        let Obtained { model, checkpoint } = obtain(
             mk,
             family,
             args.preset,
@@ -479,6 +483,8 @@ fn reproduce(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         let model_settings = serde_json::json!({
             "model": mk.name(),
             "train": train_config(args.preset, family, mk, args.seed),
+            "checkpoint_sha256": checkpoint.sha256,
+            "test_data_sha256": test_sha256,
             "inference_sizes": { "n_candidates": sizes.n_candidates, "n_adam_steps": sizes.n_adam_steps },
             "seed": args.seed,
         });

@@ -54,7 +54,7 @@ use super::preset::{train_config, EvalSizes, GradientFreeSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{add_all_row, build, to_markdown, write_outputs, Outcomes};
 use super::rows::{evaluate_clean, fixed, rows_of};
-use super::zoo::{attack_dataset, obtain, to_evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated, Obtained};
 use super::ReproduceArgs;
 
 /// The columns: the control, then E-ABS.
@@ -253,6 +253,8 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     };
     let family = Family::from(kind);
     let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
+    // One run per results folder: a second fails at once, naming the first.
+    let _lock = crate::lock::DirLock::acquire(&out_dir, "results folder")?;
     let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
     // Stage times survive interruptions: a resumed run reports every invocation's time.
     let mut timer = Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?;
@@ -265,6 +267,8 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         ))
     })?;
     let subset = select_subset(test.len(), gsizes.n_samples, args.seed)?;
+    // What the journals are bound to: the test images and labels, by content.
+    let test_sha256 = test.content_sha256();
     let pool = select_pool(test.len(), &subset, POOL_SIZE, args.seed);
     let pool_labels: Vec<u32> = pool.iter().map(|&i| test.labels[i] as u32).collect();
     let ckpt_root = args.model_store(family);
@@ -277,7 +281,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     let mut reach = BTreeMap::new();
     let mut model_config = Vec::new();
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
-        let model = obtain(
+        let Obtained { model, checkpoint } = obtain(
             mk,
             family,
             args.preset,
@@ -299,6 +303,8 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         let model_settings = serde_json::json!({
             "model": mk.name(),
             "train": train_config(args.preset, family, mk, args.seed),
+            "checkpoint_sha256": checkpoint.sha256,
+            "test_data_sha256": test_sha256,
             "inference": inference_settings(&evaluated)?,
             "inference_seed": inference_seed,
             "seed": args.seed,

@@ -108,6 +108,11 @@ pub struct ReproduceArgs {
     /// Train every model into `--checkpoints`, ignoring released weights.
     #[arg(long)]
     pub retrain: bool,
+    /// Never train: use released weights or finished checkpoints only, and stop with an error
+    /// at the first model that has neither (journals of the models before it are kept, so a
+    /// later run resumes there). For evaluating while a long training still runs elsewhere.
+    #[arg(long, conflicts_with = "retrain")]
+    pub no_train: bool,
     /// Run a single-dataset experiment (table5, fig3, fig4, fig5, gradient-free) on another
     /// dataset than the paper's (e.g. `fashion-mnist`, which is available offline). Results go to
     /// `<target>-<dataset>/` so they are never mistaken for the paper's setting.
@@ -119,7 +124,10 @@ impl ReproduceArgs {
     /// Where this run's models of `family` come from.
     pub fn model_store(&self, family: eabs_models::Family) -> zoo::ModelStore {
         let weights = (!self.retrain).then_some(self.weights.as_path());
-        zoo::ModelStore::new(&self.checkpoints, weights, family, self.preset, self.seed)
+        let mut store =
+            zoo::ModelStore::new(&self.checkpoints, weights, family, self.preset, self.seed);
+        store.train = !self.no_train;
+        store
     }
 
     /// The dataset of a single-dataset experiment and its results directory name: the paper's

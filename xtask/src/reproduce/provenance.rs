@@ -249,27 +249,55 @@ impl Timer {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    if path.is_dir() {
+        anyhow::bail!(
+            "{} is a directory; give a file name to write to",
+            path.display()
+        );
+    }
+    let Some(file_name) = path.file_name().map(|n| n.to_string_lossy().to_string()) else {
+        anyhow::bail!("{} names no file to write to", path.display());
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    let written = (|| -> Result<()> {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        // Never leave the temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_write_refuses_a_directory_and_leaves_no_temporary_file() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let target = dir.path().join("out.json");
+        std::fs::create_dir(&target)?;
+        let err = write_atomic(&target, b"{}").unwrap_err();
+        assert!(format!("{err:#}").contains("is a directory"), "{err:#}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        assert_eq!(left, vec![std::ffi::OsString::from("out.json")]);
+        Ok(())
+    }
 
     #[test]
     fn atomic_write_replaces_whole_file() -> Result<()> {

@@ -13,7 +13,7 @@ use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{add_all_row, build, write_outputs, Outcomes};
 use super::rows::{evaluate_clean, run_row, ATTACK_ROWS};
-use super::zoo::{attack_dataset, obtain, to_evaluated};
+use super::zoo::{attack_dataset, obtain, to_evaluated, Obtained};
 use super::ReproduceArgs;
 
 /// The models of Tables 1-4, in column order.
@@ -41,6 +41,8 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
     let family = Family::from(kind);
     let data_dir = args.data_dir.as_deref();
     let out_dir = args.out.join(table).join(args.preset.as_str());
+    // One run per results folder: a second fails at once, naming the first.
+    let _lock = crate::lock::DirLock::acquire(&out_dir, "results folder")?;
     let ckpt_root = args.model_store(family);
     let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
     // Stage times survive interruptions: a resumed run reports every invocation's time.
@@ -53,12 +55,15 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
         ))
     })?;
     let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
+    // What the journals are bound to: the test images and labels, by content.
+    let test_sha256 = test.content_sha256();
     let ds = attack_dataset(kind);
 
     let mut outcomes: Outcomes = BTreeMap::new();
     let names: Vec<String> = MODEL_KINDS.iter().map(|k| k.name().to_string()).collect();
+    let mut checkpoint_files = Vec::new();
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
-        let model = obtain(
+        let Obtained { model, checkpoint } = obtain(
             mk,
             family,
             args.preset,
@@ -69,6 +74,7 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
             &device,
             &mut timer,
         )?;
+        checkpoint_files.push(checkpoint.clone());
         let evaluated = to_evaluated(model, &sizes, None, args.seed.wrapping_add(m_idx as u64))?;
         let clf = evaluated.classifier();
         let stochastic = clf.is_stochastic();
@@ -85,6 +91,8 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
         let model_settings = serde_json::json!({
             "model": mk.name(),
             "train": train_config(args.preset, family, mk, args.seed),
+            "checkpoint_sha256": checkpoint.sha256,
+            "test_data_sha256": test_sha256,
             "inference_sizes": { "n_candidates": sizes.n_candidates, "n_adam_steps": sizes.n_adam_steps },
             "seed": args.seed,
         });
@@ -161,6 +169,8 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
         "models": names,
         "train": MODEL_KINDS.iter().map(|&k| train_config(args.preset, family, k, args.seed)).collect::<Vec<_>>(),
         "checkpoints": ckpt_root,
+        "checkpoint_files": checkpoint_files,
+        "test_data_sha256": test_sha256,
     });
     let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
     let paper = |m: &str, n: &str, a: &str| crate::paper::paper_accuracy(table, m, n, a);

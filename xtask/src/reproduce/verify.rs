@@ -93,6 +93,9 @@ pub fn run(dir: &Path) -> Result<()> {
             }
         }
     }
+    check_markdown(dir, &report)?;
+    let journals = check_journals(dir, &report, &outcomes)?;
+    let checkpoints = check_checkpoints(&report.config)?;
     ensure!(
         !report.provenance.commit.is_empty(),
         "results.json has no commit in its provenance"
@@ -102,13 +105,140 @@ pub fn run(dir: &Path) -> Result<()> {
         "results.json records no stage wall times"
     );
     println!(
-        "{}: complete and consistent ({} models, {} rows, {n} samples, {} McNemar comparisons)",
+        "{}: complete and consistent ({} models, {} rows, {n} samples, {} McNemar comparisons; \
+         table.md re-rendered; {journals} journals and {checkpoints} checkpoint digests checked)",
         dir.display(),
         report.models.len(),
         report.rows.len(),
         report.comparisons.len()
     );
     Ok(())
+}
+
+/// `table.md` must be exactly what `results.json` renders to (its title line aside, which is
+/// taken from the file): an edited cell fails.
+fn check_markdown(dir: &Path, report: &TableReport) -> Result<()> {
+    let path = dir.join("table.md");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let title = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# "))
+        .with_context(|| format!("{}: no `# title` first line", path.display()))?;
+    let expected = super::report::to_markdown(report, title);
+    if expected != text {
+        let (line, (want, got)) = expected
+            .lines()
+            .chain(std::iter::repeat(""))
+            .zip(text.lines().chain(std::iter::repeat("")))
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .map(|(i, p)| (i + 1, p))
+            .unwrap_or((0, ("", "")));
+        bail!(
+            "{}: line {line} differs from what results.json renders to: `{got}` instead of `{want}` \
+             (edited by hand?)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Journal file of a row: `clean` or `<norm>-<attack>`, as the runs name them.
+fn journal_row(key: &str) -> &str {
+    if key == "none-clean" {
+        "clean"
+    } else {
+        key
+    }
+}
+
+/// When the run's journals are present (`<dir>/journal/seed<S>/<model>/<row>.jsonl`), every
+/// per-sample outcome must be the journal's: a deleted line or a flipped outcome fails. Returns
+/// how many journals were compared.
+fn check_journals(dir: &Path, report: &TableReport, outcomes: &OutcomesFile) -> Result<usize> {
+    let root = dir
+        .join("journal")
+        .join(format!("seed{}", report.provenance.seed));
+    if !root.is_dir() {
+        return Ok(0);
+    }
+    let mut checked = 0;
+    for (key, per_model) in &outcomes.outcomes {
+        if key.ends_with("-all") {
+            continue;
+        }
+        for (model, v) in per_model {
+            let path = root.join(model).join(format!("{}.jsonl", journal_row(key)));
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "{}: the journal of {model} on {key} is missing, so outcomes.json cannot be checked against it",
+                    path.display()
+                )
+            })?;
+            let mut by_sample: BTreeMap<usize, super::evaluate::SampleRecord> = BTreeMap::new();
+            for (i, line) in text.lines().enumerate() {
+                let r: super::evaluate::SampleRecord = serde_json::from_str(line)
+                    .with_context(|| format!("{} line {}: not a record", path.display(), i + 1))?;
+                let s = r.sample;
+                ensure!(
+                    by_sample.insert(s, r).is_none(),
+                    "{} line {}: sample {s} recorded twice",
+                    path.display(),
+                    i + 1
+                );
+            }
+            ensure!(
+                by_sample.len() == v.len(),
+                "{}: {} samples journaled, outcomes.json has {} for {model} on {key}",
+                path.display(),
+                by_sample.len(),
+                v.len()
+            );
+            for (i, &robust) in v.iter().enumerate() {
+                let r = by_sample
+                    .get(&i)
+                    .with_context(|| format!("{}: sample {i} is not journaled", path.display()))?;
+                ensure!(
+                    r.test_index == outcomes.samples[i] && r.robust.first() == Some(&robust),
+                    "{}: sample {i} (test index {}) journaled as {}, outcomes.json says {} for {model} on {key}",
+                    path.display(),
+                    r.test_index,
+                    if r.robust.first() == Some(&true) { "robust" } else { "not robust" },
+                    if robust { "robust" } else { "not robust" }
+                );
+            }
+            checked += 1;
+        }
+    }
+    Ok(checked)
+}
+
+/// The checkpoints the results record (`config.json` `checkpoint_files`) must still be the
+/// files at those paths, where present. Returns how many were compared.
+fn check_checkpoints(config: &serde_json::Value) -> Result<usize> {
+    let Some(files) = config.get("checkpoint_files") else {
+        return Ok(0);
+    };
+    let files: Vec<super::zoo::CheckpointId> = serde_json::from_value(files.clone())
+        .context("config.json: checkpoint_files is not a list of {path, sha256}")?;
+    let mut checked = 0;
+    for f in files {
+        if !f.path.is_file() {
+            continue;
+        }
+        let now = super::weights::sha256_file(&f.path)?;
+        ensure!(
+            now == f.sha256,
+            "{}: sha256 {now}, but these results were made with a checkpoint of sha256 {}: the \
+             file changed since (retrained or replaced), so the results are not its results",
+            f.path.display(),
+            f.sha256
+        );
+        checked += 1;
+    }
+    Ok(checked)
 }
 
 #[cfg(test)]
@@ -130,6 +260,60 @@ mod tests {
         std::fs::write(&path, serde_json::to_string(&json)?)?;
         let err = run(&dir).expect_err("tampered results must fail");
         assert!(format!("{err:#}").contains("CNN on linf-pgd"), "{err:#}");
+        // An edited table.md cell is caught.
+        write_outputs(&dir, &report, &outcomes, "Table 2")?;
+        let md = std::fs::read_to_string(dir.join("table.md"))?;
+        let cell = format!("{:.1}", report.rows[0].cells[0].percent);
+        assert!(md.contains(&cell), "{md}");
+        std::fs::write(dir.join("table.md"), md.replacen(&cell, "99.0", 1))?;
+        let err = run(&dir).expect_err("an edited table.md must fail");
+        assert!(format!("{err:#}").contains("table.md: line"), "{err:#}");
+        // Journals present: a flipped or deleted outcome is caught.
+        write_outputs(&dir, &report, &outcomes, "Table 2")?;
+        let root = dir
+            .join("journal")
+            .join(format!("seed{}", report.provenance.seed));
+        for ((norm, attack), per_model) in &outcomes {
+            if attack == "all" {
+                continue;
+            }
+            let key = format!("{norm}-{attack}");
+            for (m, v) in per_model {
+                let lines: Vec<String> = v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        serde_json::to_string(&crate::reproduce::evaluate::SampleRecord {
+                            sample: i,
+                            test_index: report.samples[i],
+                            label: 0,
+                            robust: vec![r],
+                            distance: vec![0.0],
+                        })
+                    })
+                    .collect::<serde_json::Result<_>>()?;
+                let path = root.join(m).join(format!("{}.jsonl", journal_row(&key)));
+                std::fs::create_dir_all(path.parent().unwrap())?;
+                std::fs::write(&path, lines.join("\n") + "\n")?;
+            }
+        }
+        run(&dir)?;
+        let m0 = &report.models[0];
+        let j = root.join(m0).join("linf-pgd.jsonl");
+        let text = std::fs::read_to_string(&j)?;
+        let flipped = if text.contains("[true]") {
+            text.replacen("[true]", "[false]", 1)
+        } else {
+            text.replacen("[false]", "[true]", 1)
+        };
+        std::fs::write(&j, &flipped)?;
+        let err = run(&dir).expect_err("a flipped journal outcome must fail");
+        assert!(format!("{err:#}").contains("journaled as"), "{err:#}");
+        let first_dropped: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&j, first_dropped)?;
+        let err = run(&dir).expect_err("a deleted journal line must fail");
+        assert!(format!("{err:#}").contains("samples journaled"), "{err:#}");
+        std::fs::remove_dir_all(dir.join("journal"))?;
         // A missing file is named.
         write_outputs(&dir, &report, &outcomes, "Table 2")?;
         std::fs::remove_file(dir.join("outcomes.json"))?;

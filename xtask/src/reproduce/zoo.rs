@@ -64,6 +64,10 @@ pub struct ModelStore {
     pub checkpoints: PathBuf,
     /// `<weights>/<family>/<preset>/seed<S>/`, unless released weights are ignored (`--retrain`).
     pub released: Option<PathBuf>,
+    /// Whether a model found in neither place (or unfinished) may be trained; when false,
+    /// [`obtain`] fails instead.
+    #[serde(skip)]
+    pub train: bool,
 }
 
 impl ModelStore {
@@ -78,6 +82,7 @@ impl ModelStore {
         Self {
             checkpoints: checkpoint_root(checkpoints, family, preset, seed),
             released: weights.map(|w| checkpoint_root(w, family, preset, seed)),
+            train: true,
         }
     }
 
@@ -95,6 +100,35 @@ impl ModelStore {
     }
 }
 
+/// Which checkpoint file a model came from, by content: what journals and results record, so
+/// that a result is never reused for other weights at the same path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CheckpointId {
+    /// The file.
+    pub path: PathBuf,
+    /// sha256 of the whole file (as `sha256sum` prints it).
+    pub sha256: String,
+}
+
+impl CheckpointId {
+    /// Digests the file at `path`.
+    pub fn of(path: &Path) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            sha256: super::weights::sha256_file(path)?,
+        })
+    }
+}
+
+/// A model and the checkpoint it was loaded from.
+#[derive(Debug, Clone)]
+pub struct Obtained {
+    /// The model.
+    pub model: Model,
+    /// Its checkpoint.
+    pub checkpoint: CheckpointId,
+}
+
 /// Returns the best-by-validation checkpoint of `kind`: the released one when it matches the
 /// preset's training configuration, else trained in `store.checkpoints/<kind name>` (resuming
 /// an interrupted run, or reusing a finished one). Adversarially trained CNNs start from the
@@ -110,16 +144,31 @@ pub fn obtain(
     val: &Dataset,
     device: &Device,
     timer: &mut Timer,
-) -> Result<Model> {
+) -> Result<Obtained> {
     let cfg = train_config(preset, family, kind, seed);
+    let expected = ModelConfig::paper(family, kind);
     if let Some(best) = store.released_best(kind, &cfg)? {
-        return Model::load_expecting(&best, &ModelConfig::paper(family, kind), device)
-            .with_context(|| format!("loading released weights {}", best.display()));
+        let checkpoint = CheckpointId::of(&best)?;
+        let model = Model::load_expecting(&best, &expected, device)
+            .with_context(|| format!("loading released weights {}", best.display()))?;
+        return Ok(Obtained { model, checkpoint });
     }
     let dir = store.checkpoints.join(kind.name());
     let trainer = Trainer::new(cfg, &dir)?
         .with_validator(Arc::new(InferenceValidator::new(EvalSizes::of(preset))));
     let best = trainer.best_path();
+    if !store.train && !trainer.is_finished()? {
+        bail!(
+            "{}: no released weights match the {} preset's training configuration and {} holds no \
+             finished training; run without --no-train to train it (or `cargo xtask train`)",
+            kind.name(),
+            preset.as_str(),
+            dir.display()
+        );
+    }
+    // One training per checkpoint directory at a time (a finished one only reloads its
+    // checkpoint, under the lock too, so it never reads a file another run is replacing).
+    let _lock = crate::lock::DirLock::acquire(&dir, "checkpoint directory")?;
     timer.stage(&format!("train {}", kind.name()), || {
         let mut model = match kind {
             ModelKind::AdvCnn(_) => {
@@ -131,7 +180,12 @@ pub fn obtain(
                         .join(ModelKind::Cnn.name())
                         .join("best.safetensors"),
                 };
-                let cnn = Model::load(&cnn_best, device).with_context(|| {
+                let cnn = Model::load_expecting(
+                    &cnn_best,
+                    &ModelConfig::paper(family, ModelKind::Cnn),
+                    device,
+                )
+                .with_context(|| {
                     format!(
                         "loading the CNN to adversarially train from {} (train the CNN first)",
                         cnn_best.display()
@@ -160,7 +214,10 @@ pub fn obtain(
         );
         Ok(())
     })?;
-    Model::load(&best, device).with_context(|| format!("loading {}", best.display()))
+    let checkpoint = CheckpointId::of(&best)?;
+    let model = Model::load_expecting(&best, &expected, device)
+        .with_context(|| format!("loading {}", best.display()))?;
+    Ok(Obtained { model, checkpoint })
 }
 
 /// The latent inference the paper uses for a variant: exact for ABS (the reference), variational
