@@ -427,7 +427,10 @@ pub fn parse_mat(
             }
             MI_COMPRESSED => {
                 let mut inner = Vec::new();
+                // Bounded like the gzip of IDX files: a zlib bomb stops at the cap.
+                let cap = crate::idx::MAX_DECOMPRESSED;
                 flate2::read::ZlibDecoder::new(payload)
+                    .take(cap + 1)
                     .read_to_end(&mut inner)
                     .map_err(|e| {
                         Error::malformed(
@@ -435,6 +438,14 @@ pub fn parse_mat(
                             format!("miCOMPRESSED element does not inflate: {e}"),
                         )
                     })?;
+                if inner.len() as u64 > cap {
+                    return Err(Error::malformed(
+                        path,
+                        format!(
+                            "miCOMPRESSED element inflates to more than {cap} bytes; refusing it"
+                        ),
+                    ));
+                }
                 let mut ipos = 0;
                 let (ity, ipayload) = r.element(&inner, &mut ipos, true)?;
                 if ity != MI_MATRIX {
