@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::reproduce::evaluate::{evaluate, select_subset};
 use crate::reproduce::preset::{train_config, EvalSizes};
 use crate::reproduce::provenance::{git_revision, unix_time, Hardware, Timer};
-use crate::reproduce::rows::{clean_row, run_row_at, RowSpec};
+use crate::reproduce::rows::{clean_row, row_config, run_row_at, RowSpec};
 use crate::reproduce::zoo::{attack_dataset, default_inference, to_evaluated, CheckpointId};
 use crate::train::ModelArgs;
 
@@ -245,6 +245,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "epsilon": eps,
         "sizes": attack_sizes,
         "attack_seed": attack_seed,
+        "attack": row.map(|r| row_config(r, &sizes, ds, attack_seed)).transpose()?,
         "eot": stochastic,
     });
     let label = format!("{} {row_name}", a.model.name());

@@ -74,6 +74,58 @@ fn pgd_succeeds_just_above_and_fails_below_the_minimal_distance() -> Result<()> 
     Ok(())
 }
 
+/// Full strength at any budget: PGD sized by [`PgdConfig::paper_sized`] at 5, 20 and 80 steps
+/// finds every adversarial whose minimal distance is below 0.95 eps (from a random start in
+/// the ball, 2 restarts), while the 80-step step size kept at 5 steps cannot even travel to a
+/// boundary at 0.9 eps (its whole path is 5/80 of the paper's).
+#[test]
+fn sized_pgd_reaches_the_boundary_at_5_20_and_80_steps() -> Result<()> {
+    for norm in [Norm::Linf, Norm::L2] {
+        let (model, xs, rows, crit) = model_and_data(2, 3);
+        let grid = eps_grid(&model, &rows, norm);
+        for steps in [5, 20, 80] {
+            let cfg = PgdConfig::paper_sized(norm, steps, 2);
+            assert!(
+                cfg.relative_path() >= 2.0 - 1e-9,
+                "{norm:?} {steps}: {cfg:?}"
+            );
+            let outs = attack_fixed(&Pgd::new(cfg)?, &model, &xs, &crit, &grid)?;
+            let (above, below) = check_threshold(&model, &rows, norm, &outs, 0.05);
+            assert!(
+                above >= 8 && below >= 8,
+                "{norm:?}, {steps} steps: too few informative cases ({above}, {below})"
+            );
+        }
+        assert_eq!(
+            PgdConfig::paper_sized(norm, 80, 2),
+            PgdConfig::paper(norm, 2)
+        );
+        // The old quick rule: 5 steps of the 80-step size. It misses samples just inside eps.
+        let short = PgdConfig {
+            steps: 5,
+            restarts: 1,
+            random_start: false,
+            ..PgdConfig::paper(norm, 1)
+        };
+        let (ds, insides): (Vec<f64>, Vec<bool>) =
+            rows.iter().map(|r| model.min_distance(r, norm)).unzip();
+        let eps: Vec<f64> = ds.iter().map(|d| d / 0.9).collect();
+        let mut missed = 0;
+        for (i, &e) in eps.iter().enumerate() {
+            if !insides[i] {
+                continue;
+            }
+            let outs = attack_fixed(&Pgd::new(short.clone())?, &model, &xs, &crit, &[e])?;
+            missed += usize::from(!outs[0].success[i]);
+        }
+        assert!(
+            missed > 0,
+            "{norm:?}: the unsized 5-step PGD should fall short"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn apgd_ce_and_dlr_find_the_threshold() -> Result<()> {
     for (norm, loss, k) in [

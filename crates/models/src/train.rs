@@ -219,6 +219,20 @@ impl AdvTrainConfig {
         }
     }
 
+    /// The same attack at `steps` PGD steps, at full strength: the total path of the recipe
+    /// (`steps x rel_stepsize`: 40 x 0.01/0.3 = 1.33 eps for L_inf, 40 x 0.025 = 1 eps for L_2)
+    /// divided over the new number of steps, as [`eabs_attacks::PgdConfig::paper_sized`] does
+    /// for evaluation. Keeping the 40-step size at 10 steps would train against a third of
+    /// epsilon.
+    pub fn with_steps(self, steps: usize) -> Self {
+        let path = self.rel_stepsize * self.steps as f64;
+        Self {
+            steps,
+            rel_stepsize: path / steps.max(1) as f64,
+            ..self
+        }
+    }
+
     fn pgd(&self, seed: u64) -> Result<eabs_attacks::Pgd> {
         let norm = match self.norm {
             AdvNorm::Linf => eabs_attacks::Norm::Linf,
@@ -284,7 +298,8 @@ impl TrainConfig {
     /// 10,000 training and 1,000 validation images, 40 epochs (6,280 updates) with lr 1e-3
     /// halved every 16 epochs (the paper's 200 of 500: at 40% and 80% of a 40-epoch run),
     /// checkpoints selected by the real classifier on 300 validation images; adversarial
-    /// training 8 epochs (a 25th of 200) with 10 PGD steps per batch.
+    /// training 8 epochs (a 25th of 200) with 10 PGD steps per batch, their step sized to
+    /// keep Madry et al.'s total path ([`AdvTrainConfig::with_steps`]).
     ///
     /// Models with an adversarial autoencoder (E-ABS, A-ABS) train 80 epochs (12,560 updates)
     /// on the same schedule: their accuracy is limited by how well the encoder's aggregate
@@ -309,16 +324,14 @@ impl TrainConfig {
             max_train_samples: Some(10_000),
             max_val_samples: Some(1_000),
             selection_samples: Some(300),
-            adversarial: p
-                .adversarial
-                .clone()
-                .map(|a| AdvTrainConfig { steps: 10, ..a }),
+            adversarial: p.adversarial.clone().map(|a| a.with_steps(10)),
             ..p
         }
     }
 
     /// A smoke test: the paper's settings for 2 epochs on 1024 training and 256 validation
-    /// samples (two batches of 512 per epoch), 3 PGD steps per adversarial-training batch.
+    /// samples (two batches of 512 per epoch), 3 PGD steps per adversarial-training batch
+    /// (sized by [`AdvTrainConfig::with_steps`]).
     pub fn smoke(family: impl Into<Family>, kind: ModelKind) -> Self {
         let p = Self::paper(family, kind);
         Self {
@@ -327,10 +340,7 @@ impl TrainConfig {
             max_train_samples: Some(1024),
             max_val_samples: Some(256),
             selection_samples: Some(16),
-            adversarial: p
-                .adversarial
-                .clone()
-                .map(|a| AdvTrainConfig { steps: 3, ..a }),
+            adversarial: p.adversarial.clone().map(|a| a.with_steps(3)),
             ..p
         }
     }

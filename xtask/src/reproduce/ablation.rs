@@ -46,7 +46,7 @@ use super::evaluate::{evaluate, select_subset};
 use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
-use super::rows::{evaluate_clean, run_row, RowSpec, ATTACK_ROWS};
+use super::rows::{evaluate_clean, row_config, run_row, RowSpec, ATTACK_ROWS};
 use super::zoo::{attack_dataset, obtain, to_evaluated, Evaluated, Obtained};
 use super::ReproduceArgs;
 
@@ -284,6 +284,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
                             "row": key,
                             "epsilon": ds.epsilon(row.norm()),
                             "attack_seed": seed,
+                        "attack": row_config(row, &sizes, ds, seed)?,
                             "sizes": attack_sizes,
                             "eot": stochastic,
                             "model": model_settings,

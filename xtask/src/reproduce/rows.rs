@@ -70,7 +70,8 @@ pub const ATTACK_ROWS: [RowSpec; 8] = [
 ];
 
 /// The paper's PGD (Section 4.2) at the preset's steps and restarts (`None`: the paper's number
-/// of random starts for the dataset).
+/// of random starts for the dataset), its step sized to the steps
+/// ([`PgdConfig::paper_sized`]: the paper's total path whatever the number of steps).
 pub fn pgd_config(
     sizes: &EvalSizes,
     ds: eabs_attacks::paper::Dataset,
@@ -79,11 +80,56 @@ pub fn pgd_config(
 ) -> PgdConfig {
     let restarts = sizes.pgd_restarts.unwrap_or_else(|| ds.pgd_random_starts());
     PgdConfig {
-        steps: sizes.pgd_steps,
-        restarts,
         seed,
-        ..PgdConfig::paper(norm, restarts)
+        ..PgdConfig::paper_sized(norm, sizes.pgd_steps, restarts)
     }
+}
+
+fn deepfool_config(sizes: &EvalSizes, norm: Norm) -> DeepFoolConfig {
+    DeepFoolConfig {
+        steps: sizes.deepfool_steps,
+        ..DeepFoolConfig::paper(norm)
+    }
+}
+
+fn ddn_config(sizes: &EvalSizes) -> DdnConfig {
+    DdnConfig {
+        steps: sizes.ddn_steps,
+        ..DdnConfig::paper()
+    }
+}
+
+fn cw_config(sizes: &EvalSizes) -> CwConfig {
+    CwConfig::paper_sized(sizes.cw_binary_steps, sizes.cw_steps)
+}
+
+fn noise_config(sizes: &EvalSizes, norm: Norm, seed: u64) -> AdditiveNoiseConfig {
+    AdditiveNoiseConfig {
+        steps: sizes.noise_steps,
+        seed,
+        norm,
+        ..AdditiveNoiseConfig::paper()
+    }
+}
+
+/// The exact configuration of the attack of `row` (what [`run_row_at`] runs), for the
+/// settings a journal is bound to: a change of an attack's derived parameters (a step-size
+/// rule, say) must not resume journals of the old attack.
+pub fn row_config(
+    row: RowSpec,
+    sizes: &EvalSizes,
+    ds: eabs_attacks::paper::Dataset,
+    seed: u64,
+) -> Result<serde_json::Value> {
+    let norm = row.norm();
+    Ok(match row.attack {
+        "pgd" => serde_json::to_value(pgd_config(sizes, ds, norm, seed))?,
+        "deepfool" => serde_json::to_value(deepfool_config(sizes, norm))?,
+        "ddn" => serde_json::to_value(ddn_config(sizes))?,
+        "cw" => serde_json::to_value(cw_config(sizes))?,
+        "noise" => serde_json::to_value(noise_config(sizes, norm, seed))?,
+        other => bail!("unknown attack row {other}"),
+    })
 }
 
 /// Per-sample (robust, distance) of attack outcomes, one row per epsilon.
@@ -168,37 +214,22 @@ pub fn run_row_at<M: Differentiable + ?Sized>(
             &c,
             eps,
         ),
-        "deepfool" => {
-            let cfg = DeepFoolConfig {
-                steps: sizes.deepfool_steps,
-                ..DeepFoolConfig::paper(norm)
-            };
-            minimise(&DeepFool::new(cfg)?, model, xs, &c, eps)
-        }
-        "ddn" => {
-            let cfg = DdnConfig {
-                steps: sizes.ddn_steps,
-                ..DdnConfig::paper()
-            };
-            minimise(&Ddn::new(cfg)?, model, xs, &c, eps)
-        }
-        "cw" => {
-            let cfg = CwConfig {
-                binary_search_steps: sizes.cw_binary_steps,
-                steps: sizes.cw_steps,
-                ..CwConfig::paper()
-            };
-            minimise(&CarliniWagnerL2::new(cfg)?, model, xs, &c, eps)
-        }
-        "noise" => {
-            let cfg = AdditiveNoiseConfig {
-                steps: sizes.noise_steps,
-                seed,
-                norm,
-                ..AdditiveNoiseConfig::paper()
-            };
-            minimise(&AdditiveGaussianNoise::new(cfg)?, model, xs, &c, eps)
-        }
+        "deepfool" => minimise(
+            &DeepFool::new(deepfool_config(sizes, norm))?,
+            model,
+            xs,
+            &c,
+            eps,
+        ),
+        "ddn" => minimise(&Ddn::new(ddn_config(sizes))?, model, xs, &c, eps),
+        "cw" => minimise(&CarliniWagnerL2::new(cw_config(sizes))?, model, xs, &c, eps),
+        "noise" => minimise(
+            &AdditiveGaussianNoise::new(noise_config(sizes, norm, seed))?,
+            model,
+            xs,
+            &c,
+            eps,
+        ),
         other => bail!("unknown attack row {other}"),
     }
 }

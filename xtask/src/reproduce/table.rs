@@ -12,7 +12,7 @@ use super::evaluate::{evaluate, select_subset};
 use super::preset::{train_config, EvalSizes};
 use super::provenance::{git_revision, unix_time, Provenance, Timer};
 use super::report::{add_all_row, build, write_outputs, Outcomes};
-use super::rows::{evaluate_clean, run_row, ATTACK_ROWS};
+use super::rows::{evaluate_clean, row_config, run_row, ATTACK_ROWS};
 use super::zoo::{attack_dataset, obtain, to_evaluated, Obtained};
 use super::ReproduceArgs;
 
@@ -121,6 +121,7 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
                         "row": format!("{}-{}", row.norm, row.attack),
                         "epsilon": ds.epsilon(if row.norm == "linf" { Norm::Linf } else { Norm::L2 }),
                         "attack_seed": seed,
+"attack": row_config(*row, &sizes, ds, seed)?,
                         "sizes": attack_sizes,
                         "eot": stochastic,
                         "model": model_settings,
