@@ -109,6 +109,10 @@ pub struct EvalArgs {
     /// Also write the result (with per-sample outcomes and provenance) to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Start the journal over when its inputs (checkpoint, data, settings) changed, instead of
+    /// refusing to resume it.
+    #[arg(long)]
+    pub restart_changed: bool,
 }
 
 /// The row an attack and norm make, or why they do not make one.
@@ -142,6 +146,7 @@ fn journal_name(row_name: &str, attacked: bool, eps: f64) -> String {
 
 /// Runs `cargo xtask eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
+    crate::reproduce::evaluate::restart_changed_journals(args.restart_changed);
     let a = &args.model;
     let commit = git_revision(Path::new("."));
     let started = unix_time();

@@ -6,7 +6,7 @@
 //! (`/usr/share/datasets/fashion-mnist`). Without it these tests say so and pass: there is no
 //! offline way to generate files that pass the manifest's digests.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::Device;
@@ -66,17 +66,23 @@ fn eval(out: &Path, ckpt: &Path, extra: &[&str]) -> Command {
     c
 }
 
-#[test]
-fn eval_results_are_bound_to_the_checkpoints_content() {
+/// A temporary folder with `results/` and a fresh Fashion-MNIST CNN checkpoint `ckpt_name`
+/// (seed 0) in it, or `None` (after saying so) where the data are not installed.
+fn cnn_fixture(ckpt_name: &str) -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
     if !have_fashion_mnist() {
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (out, ckpt) = (
-        dir.path().join("results"),
-        dir.path().join("best.safetensors"),
-    );
+    let (out, ckpt) = (dir.path().join("results"), dir.path().join(ckpt_name));
     save(&ckpt, Family::FashionMnist, ModelKind::Cnn, 0);
+    Some((dir, out, ckpt))
+}
+
+#[test]
+fn eval_results_are_bound_to_the_checkpoints_content() {
+    let Some((dir, out, ckpt)) = cnn_fixture("best.safetensors") else {
+        return;
+    };
     let (ok, text) = run(&mut eval(&out, &ckpt, &["--model", "cnn"]));
     assert!(ok && text.contains("clean accuracy"), "{text}");
     // Another CNN at the same path: the journal is not reused, the run names what changed.
@@ -84,6 +90,13 @@ fn eval_results_are_bound_to_the_checkpoints_content() {
     let (ok, text) = run(&mut eval(&out, &ckpt, &["--model", "cnn"]));
     assert!(!ok, "a journal of other weights was reused: {text}");
     assert!(text.contains("checkpoint_sha256: was"), "{text}");
+    // Asked to, it starts the stage over for the new weights.
+    let (ok, text) = run(&mut eval(
+        &out,
+        &ckpt,
+        &["--model", "cnn", "--restart-changed"],
+    ));
+    assert!(ok && text.contains("clean accuracy"), "{text}");
     // NaN weights at the same path: refused by name before anything runs.
     let model = Model::load(&ckpt, &Device::Cpu).unwrap();
     let mut tensors = store_tensors(model.store());
@@ -124,15 +137,9 @@ fn eval_refuses_a_checkpoint_of_another_kind_or_dataset() {
 
 #[test]
 fn small_cli_defects_get_clear_answers() {
-    if !have_fashion_mnist() {
+    let Some((dir, out, ckpt)) = cnn_fixture("cnn.safetensors") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (out, ckpt) = (
-        dir.path().join("results"),
-        dir.path().join("cnn.safetensors"),
-    );
-    save(&ckpt, Family::FashionMnist, ModelKind::Cnn, 0);
+    };
     // --epsilon without an attack is refused, not ignored.
     let (ok, text) = run(&mut eval(
         &out,
@@ -185,15 +192,9 @@ fn an_empty_data_dir_variable_is_not_set() {
 
 #[test]
 fn a_second_eval_on_the_same_journal_folder_is_refused_at_once() {
-    if !have_fashion_mnist() {
+    let Some((_dir, out, ckpt)) = cnn_fixture("cnn.safetensors") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (out, ckpt) = (
-        dir.path().join("results"),
-        dir.path().join("cnn.safetensors"),
-    );
-    save(&ckpt, Family::FashionMnist, ModelKind::Cnn, 0);
+    };
     let (ok, text) = run(&mut eval(&out, &ckpt, &["--model", "cnn"]));
     assert!(ok, "{text}");
     // Another run holds the folder (this test process plays it): refused, naming the holder.

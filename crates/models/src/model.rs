@@ -65,8 +65,19 @@ impl Model {
 
     /// Loads a checkpoint, rebuilding the architecture from its metadata.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_checked(path, device, |_| Ok(()))
+    }
+
+    /// Reads `path`, lets `check` vet the configuration its metadata describes, then builds
+    /// that architecture and loads the tensors into it.
+    fn load_checked(
+        path: &Path,
+        device: &Device,
+        check: impl FnOnce(&ModelConfig) -> Result<()>,
+    ) -> Result<Self> {
         let ckpt = Checkpoint::read(path, device)?;
         let config = ckpt.model_config()?;
+        check(&config)?;
         let model = Model::new(&config, 0, device).map_err(|e| Error::BadMetadata {
             path: path.into(),
             key: crate::checkpoint::KEY_CONFIG.into(),
@@ -81,35 +92,26 @@ impl Model {
     /// --checkpoint` uses, so that an E-ABS file is never evaluated (and labelled) as a CNN, nor
     /// an MNIST model on Fashion-MNIST.
     pub fn load_as(path: &Path, family: Family, kind: ModelKind, device: &Device) -> Result<Self> {
-        let ckpt = Checkpoint::read(path, device)?;
-        let found = ckpt.model_config()?;
-        check_identity(path, &found, family, kind)?;
-        let model = Model::new(&found, 0, device).map_err(|e| Error::BadMetadata {
-            path: path.into(),
-            key: crate::checkpoint::KEY_CONFIG.into(),
-            message: e.to_string(),
-        })?;
-        ckpt.load_into(model.store())?;
-        Ok(model)
+        Self::load_checked(path, device, |found| {
+            check_identity(path, found, family, kind)
+        })
     }
 
     /// Loads a checkpoint that must hold exactly the model `expected` describes; otherwise
     /// [`Error::WrongModel`] (another kind or dataset) or [`Error::ConfigMismatch`] (another
     /// architecture), or a tensor error if the metadata lies about the tensors.
     pub fn load_expecting(path: &Path, expected: &ModelConfig, device: &Device) -> Result<Self> {
-        let ckpt = Checkpoint::read(path, device)?;
-        let found = ckpt.model_config()?;
-        check_identity(path, &found, expected.family, expected.kind)?;
-        if &found != expected {
-            return Err(Error::ConfigMismatch {
-                path: path.into(),
-                expected: expected.to_json(),
-                found: found.to_json(),
-            });
-        }
-        let model = Model::new(expected, 0, device)?;
-        ckpt.load_into(model.store())?;
-        Ok(model)
+        Self::load_checked(path, device, |found| {
+            check_identity(path, found, expected.family, expected.kind)?;
+            if found != expected {
+                return Err(Error::ConfigMismatch {
+                    path: path.into(),
+                    expected: expected.to_json(),
+                    found: found.to_json(),
+                });
+            }
+            Ok(())
+        })
     }
 
     /// The starting point of an adversarially trained CNN (Section 4.3: "we use the pre-trained

@@ -106,6 +106,16 @@ pub fn evaluate(
     Ok(journal.records().cloned().collect())
 }
 
+/// Whether a journal whose inputs changed is started over (`--restart-changed`) instead of
+/// refused. Process-wide, as the command line sets it once for a whole run.
+static RESTART_CHANGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every later [`evaluate`] start a journal over when its inputs changed (after logging
+/// which), instead of refusing it.
+pub fn restart_changed_journals(on: bool) {
+    RESTART_CHANGED.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Path of the settings file that sits beside a journal.
 fn settings_path(journal_path: &Path) -> std::path::PathBuf {
     journal_path.with_extension("settings.json")
@@ -128,9 +138,24 @@ fn check_settings(journal_path: &Path, settings: &serde_json::Value) -> Result<(
         if &saved != settings {
             let mut changed = Vec::new();
             json_differences("", &saved, settings, &mut changed);
+            if RESTART_CHANGED.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::warn!(
+                    journal = %journal_path.display(),
+                    changed = changed.join("; "),
+                    "inputs changed: starting this stage over (--restart-changed)"
+                );
+                for f in [journal_path, meta.as_path()] {
+                    if f.exists() {
+                        std::fs::remove_file(f)
+                            .with_context(|| format!("removing {}", f.display()))?;
+                    }
+                }
+                super::write_json(&meta, settings)?;
+                return Ok(());
+            }
             bail!(
                 "journal {} was written by an evaluation with other inputs: {} (saved in {}); \
-                 delete both files to start this stage over, or rerun with the original inputs",
+                 rerun with the original inputs, or with --restart-changed to start this stage over",
                 journal_path.display(),
                 changed.join("; "),
                 meta.display(),
@@ -249,6 +274,13 @@ mod tests {
         json_differences("", &a, &c, &mut changed);
         assert_eq!(changed.len(), 1);
         assert!(changed[0].starts_with("model: was absent"), "{changed:?}");
+        // With --restart-changed the stage starts over under the new settings.
+        restart_changed_journals(true);
+        check_settings(&journal, &b)?;
+        restart_changed_journals(false);
+        assert!(!journal.exists(), "the old journal must be gone");
+        check_settings(&journal, &b)?; // the new settings now resume
+        std::fs::write(&journal, "{}\n")?;
         std::fs::remove_file(settings_path(&journal))?;
         assert!(
             check_settings(&journal, &a).is_err(),

@@ -113,6 +113,10 @@ pub struct ReproduceArgs {
     /// later run resumes there). For evaluating while a long training still runs elsewhere.
     #[arg(long, conflicts_with = "retrain")]
     pub no_train: bool,
+    /// Start over every journal whose inputs (checkpoint, data, attack or inference settings)
+    /// changed, instead of refusing to resume it; the log names what changed.
+    #[arg(long)]
+    pub restart_changed: bool,
     /// Run a single-dataset experiment (table5, fig3, fig4, fig5, gradient-free) on another
     /// dataset than the paper's (e.g. `fashion-mnist`, which is available offline). Results go to
     /// `<target>-<dataset>/` so they are never mistaken for the paper's setting.
@@ -143,6 +147,7 @@ impl ReproduceArgs {
 
 /// Runs `cargo xtask reproduce`.
 pub fn run(args: &ReproduceArgs) -> Result<()> {
+    evaluate::restart_changed_journals(args.restart_changed);
     let command = std::iter::once("cargo xtask".to_string())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
