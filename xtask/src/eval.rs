@@ -220,7 +220,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let test_sha256 = test.content_sha256();
 
     let row_name = row.map_or("clean".to_string(), |r| format!("{}-{}", r.norm, r.attack));
-    let mode_name = inference.map_or(String::new(), |m| format!("-{m:?}").to_lowercase());
+    // Inference sizes other than the preset's get their own journal folder, so that a sweep
+    // (`--candidates 1`, then `10`, ...) does not collide with itself; the settings beside each
+    // journal still guard everything else.
+    let mut mode_name = inference.map_or(String::new(), |m| format!("-{m:?}").to_lowercase());
+    if let Some(n) = args.candidates {
+        mode_name.push_str(&format!("-candidates{n}"));
+    }
+    if let Some(n) = args.adam_steps {
+        mode_name.push_str(&format!("-adam{n}"));
+    }
     let journal = args
         .out
         .join("eval")
