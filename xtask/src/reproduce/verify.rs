@@ -336,6 +336,21 @@ mod tests {
         let err = run(&dir).expect_err("a deleted journal line must fail");
         assert!(format!("{err:#}").contains("samples journaled"), "{err:#}");
         std::fs::remove_dir_all(dir.join("journal"))?;
+        // Table 5's extra per-row McNemar sections are re-rendered and checked too.
+        let mut t5 = report.clone();
+        t5.table = "table5".into();
+        write_outputs(&dir, &t5, &outcomes, "Table 5")?;
+        let md = crate::reproduce::ablation::insert_before_provenance(
+            &crate::reproduce::report::to_markdown(&t5, "Table 5"),
+            &crate::reproduce::ablation::per_row_mcnemar(&t5),
+        );
+        std::fs::write(dir.join("table.md"), &md)?;
+        run(&dir)?;
+        let section = md.find("clean (alpha").expect("a per-row section");
+        let mut edited = md.clone();
+        edited.insert_str(section, "edited ");
+        std::fs::write(dir.join("table.md"), edited)?;
+        assert!(run(&dir).is_err(), "an edited per-row section must fail");
         // A missing file is named.
         write_outputs(&dir, &report, &outcomes, "Table 2")?;
         std::fs::remove_file(dir.join("outcomes.json"))?;
