@@ -455,6 +455,26 @@ pub struct Trainer {
     validator: Option<Arc<dyn Validator>>,
 }
 
+/// The training state in a `last.safetensors` checkpoint's metadata.
+fn train_state(ckpt: &Checkpoint) -> Result<TrainState> {
+    serde_json::from_str(ckpt.meta(KEY_TRAIN_STATE)?).map_err(|e| Error::BadMetadata {
+        path: ckpt.path.clone(),
+        key: KEY_TRAIN_STATE.into(),
+        message: e.to_string(),
+    })
+}
+
+impl TrainState {
+    /// Whether a run of `cfg` continues this one: the same configuration but for the number
+    /// of epochs (the schedule depends on the epoch index only, so a run may be extended).
+    fn continues(&self, cfg: &TrainConfig) -> bool {
+        TrainConfig {
+            epochs: cfg.epochs,
+            ..self.config.clone()
+        } == *cfg
+    }
+}
+
 const DISC_PREFIX: &str = "discriminator";
 
 fn subset(n: usize, max: Option<usize>, seed: u64, salt: u64) -> Vec<usize> {
@@ -511,18 +531,8 @@ impl Trainer {
         if !last.exists() {
             return Ok(false);
         }
-        let ckpt = Checkpoint::read(&last, &Device::Cpu)?;
-        let st: TrainState =
-            serde_json::from_str(ckpt.meta(KEY_TRAIN_STATE)?).map_err(|e| Error::BadMetadata {
-                path: last.clone(),
-                key: KEY_TRAIN_STATE.into(),
-                message: e.to_string(),
-            })?;
-        let same_run = TrainConfig {
-            epochs: self.config.epochs,
-            ..st.config.clone()
-        } == self.config;
-        Ok(same_run && st.epochs_done >= self.config.epochs)
+        let st = train_state(&Checkpoint::read(&last, &Device::Cpu)?)?;
+        Ok(st.continues(&self.config) && st.epochs_done >= self.config.epochs)
     }
 
     /// Path of the best-by-validation checkpoint.
@@ -629,19 +639,8 @@ impl Trainer {
                     found: found.to_json(),
                 });
             }
-            let st: TrainState =
-                serde_json::from_str(ckpt.meta(KEY_TRAIN_STATE)?).map_err(|e| {
-                    Error::BadMetadata {
-                        path: last.clone(),
-                        key: KEY_TRAIN_STATE.into(),
-                        message: e.to_string(),
-                    }
-                })?;
-            let same_run = TrainConfig {
-                epochs: cfg.epochs,
-                ..st.config.clone()
-            } == *cfg;
-            if !same_run {
+            let st = train_state(&ckpt)?;
+            if !st.continues(cfg) {
                 return Err(Error::InvalidConfig(format!(
                     "{}: cannot resume, the checkpoint was trained with another configuration ({}); use a fresh output directory",
                     last.display(),

@@ -284,7 +284,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
                             "row": key,
                             "epsilon": ds.epsilon(row.norm()),
                             "attack_seed": seed,
-                        "attack": row_config(row, &sizes, ds, seed)?,
+                            "attack": row_config(row, &sizes, ds, seed)?,
                             "sizes": attack_sizes,
                             "eot": stochastic,
                             "model": model_settings,

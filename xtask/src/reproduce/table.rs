@@ -121,7 +121,7 @@ pub fn run(table: &str, kind: DatasetKind, args: &ReproduceArgs, command: &str) 
                         "row": format!("{}-{}", row.norm, row.attack),
                         "epsilon": ds.epsilon(if row.norm == "linf" { Norm::Linf } else { Norm::L2 }),
                         "attack_seed": seed,
-"attack": row_config(*row, &sizes, ds, seed)?,
+                        "attack": row_config(*row, &sizes, ds, seed)?,
                         "sizes": attack_sizes,
                         "eot": stochastic,
                         "model": model_settings,
