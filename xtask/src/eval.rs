@@ -9,18 +9,20 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use eabs_attacks::{Eot, Norm};
+use eabs_attacks::Norm;
 use eabs_datasets::{load, Split};
+use eabs_eval::experiment::{attack_fingerprint, with_eot};
+use eabs_eval::preset::{train_config, EvalSizes};
+use eabs_eval::provenance::{git_revision, unix_time, Hardware, Timer};
+use eabs_eval::suite::{clean_row, row_config, run_row_at};
+use eabs_eval::targets::table::column_of;
+use eabs_eval::zoo::{attack_dataset, default_inference, to_evaluated, CheckpointId};
+use eabs_eval::{evaluate, select_subset, AttackKind, AttackRow};
 use eabs_inference::LatentInference;
 use eabs_models::Model;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-use crate::reproduce::evaluate::{evaluate, select_subset};
-use crate::reproduce::preset::{train_config, EvalSizes};
-use crate::reproduce::provenance::{git_revision, unix_time, Hardware, Timer};
-use crate::reproduce::rows::{clean_row, row_config, run_row_at, RowSpec};
-use crate::reproduce::zoo::{attack_dataset, default_inference, to_evaluated, CheckpointId};
 use crate::train::ModelArgs;
 
 /// The attacks of Tables 1-4.
@@ -42,14 +44,15 @@ pub enum AttackArg {
 }
 
 impl AttackArg {
-    fn name(self) -> &'static str {
+    /// The suite's attack (`None` for clean accuracy).
+    fn kind(self) -> Option<AttackKind> {
         match self {
-            AttackArg::Clean => "clean",
-            AttackArg::Pgd => "pgd",
-            AttackArg::Deepfool => "deepfool",
-            AttackArg::Noise => "noise",
-            AttackArg::Ddn => "ddn",
-            AttackArg::Cw => "cw",
+            AttackArg::Clean => None,
+            AttackArg::Pgd => Some(AttackKind::Pgd),
+            AttackArg::Deepfool => Some(AttackKind::DeepFool),
+            AttackArg::Noise => Some(AttackKind::Noise),
+            AttackArg::Ddn => Some(AttackKind::Ddn),
+            AttackArg::Cw => Some(AttackKind::Cw),
         }
     }
 }
@@ -116,22 +119,23 @@ pub struct EvalArgs {
 }
 
 /// The row an attack and norm make, or why they do not make one.
-fn row_of(attack: AttackArg, norm: Option<NormArg>) -> Result<Option<RowSpec>> {
-    let norm = match (attack, norm) {
-        (AttackArg::Clean, None) => return Ok(None),
-        (AttackArg::Clean, Some(_)) => bail!("--norm makes no sense for clean accuracy"),
-        (AttackArg::Ddn | AttackArg::Cw, None | Some(NormArg::L2)) => "l2",
-        (AttackArg::Ddn | AttackArg::Cw, Some(NormArg::Linf)) => {
-            bail!("{} is an L_2 attack; use --norm l2", attack.name())
+fn row_of(attack: AttackArg, norm: Option<NormArg>) -> Result<Option<AttackRow>> {
+    let Some(kind) = attack.kind() else {
+        if norm.is_some() {
+            bail!("--norm makes no sense for clean accuracy");
         }
-        (_, None) => bail!("--norm linf or --norm l2 is needed for {}", attack.name()),
-        (_, Some(NormArg::Linf)) => "linf",
-        (_, Some(NormArg::L2)) => "l2",
+        return Ok(None);
     };
-    Ok(Some(RowSpec {
-        norm,
-        attack: attack.name(),
-    }))
+    let norm = match norm {
+        Some(NormArg::Linf) => Norm::Linf,
+        Some(NormArg::L2) => Norm::L2,
+        None if !kind.supports(Norm::Linf) => Norm::L2,
+        None => bail!("--norm linf or --norm l2 is needed for {}", kind.as_str()),
+    };
+    if !kind.supports(norm) {
+        bail!("{} is an L_2 attack; use --norm l2", kind.as_str());
+    }
+    Ok(Some(AttackRow::new(norm, kind)))
 }
 
 /// File name of an eval journal: the row, and for attacks the epsilon in scientific notation
@@ -146,7 +150,6 @@ fn journal_name(row_name: &str, attacked: bool, eps: f64) -> String {
 
 /// Runs `cargo xtask eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
-    crate::reproduce::evaluate::restart_changed_journals(args.restart_changed);
     let a = &args.model;
     let commit = git_revision(Path::new("."));
     let started = unix_time();
@@ -170,7 +173,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             bail!("--epsilon must be a finite non-negative number, got {e}")
         }
         (Some(_), Some(e)) => e,
-        (Some(r), None) => ds.epsilon(r.norm()),
+        (Some(r), None) => ds.epsilon(r.norm),
     };
     let ckpt = args
         .checkpoint
@@ -211,7 +214,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         Model::Cnn(_) => None,
     };
-    let evaluated = to_evaluated(model, &sizes, mode, a.seed)?;
+    // The seeds of the model's column and of the row in Tables 1-4, so that `eval` at the
+    // preset's sizes recomputes a table cell sample for sample.
+    let inference_seed = eabs_eval::seeds::inference(a.seed, column_of(a.model).unwrap_or(0));
+    let evaluated = to_evaluated(model, &sizes, mode, inference_seed)?;
     let clf = evaluated.classifier();
     let stochastic = clf.is_stochastic();
     let data_dir = a.data_dir.as_deref();
@@ -219,7 +225,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let subset = select_subset(test.len(), sizes.n_samples, a.seed)?;
     let test_sha256 = test.content_sha256();
 
-    let row_name = row.map_or("clean".to_string(), |r| format!("{}-{}", r.norm, r.attack));
+    let row_name = row.map_or("clean".to_string(), |r| r.key());
     // Inference sizes other than the preset's get their own journal folder, so that a sweep
     // (`--candidates 1`, then `10`, ...) does not collide with itself; the settings beside each
     // journal still guard everything else.
@@ -240,21 +246,20 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .join(format!("{}{mode_name}", a.model.name()))
         .join(journal_name(&row_name, row.is_some(), eps));
     // One evaluation per journal folder at a time.
-    let _lock = crate::lock::DirLock::acquire(
+    let _lock = eabs_eval::lock::DirLock::acquire(
         journal.parent().unwrap_or(Path::new(".")),
         "eval journal folder",
     )?;
-    let mut attack_sizes = serde_json::to_value(&sizes)?;
-    if let Some(o) = attack_sizes.as_object_mut() {
-        o.remove("n_samples");
-        o.remove("batch_size");
-    }
-    let attack_seed = a.seed.wrapping_mul(1000).wrapping_add(7919);
+    let attack_sizes = attack_fingerprint(&sizes)?;
+    let attack_seed = row
+        .and_then(|r| eabs_eval::seeds::table_attack(a.seed, r))
+        .unwrap_or_else(|| eabs_eval::seeds::attack(a.seed, 0));
     let settings = serde_json::json!({
         "checkpoint_sha256": checkpoint.sha256,
         "test_data_sha256": test_sha256,
         "train": train_config(a.preset, a.dataset.into(), a.model, a.seed),
         "inference": inference,
+        "inference_seed": inference_seed,
         "row": row_name,
         "epsilon": eps,
         "sizes": attack_sizes,
@@ -268,6 +273,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         evaluate(
             &journal,
             &settings,
+            crate::reproduce::resume_policy(args.restart_changed),
             &label,
             &test,
             &subset,
@@ -276,11 +282,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             &device,
             &mut |xs, ys| match row {
                 None => clean_row(clf, xs, ys),
-                Some(r) if stochastic => {
-                    let eot = Eot::new(clf, sizes.eot_samples)?;
-                    run_row_at(r, &sizes, ds, &eot, xs, ys, attack_seed, eps)
-                }
-                Some(r) => run_row_at(r, &sizes, ds, clf, xs, ys, attack_seed, eps),
+                Some(r) => with_eot(clf, sizes.eot_samples, |m| {
+                    run_row_at(r, &sizes, ds, m, xs, ys, attack_seed, eps)
+                }),
             },
         )
     })?;
@@ -290,12 +294,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         None => "clean accuracy".to_string(),
         Some(r) => format!(
             "accuracy under {} {} at eps = {eps}",
-            r.attack,
-            if r.norm() == Norm::Linf {
-                "L_inf"
-            } else {
-                "L_2"
-            }
+            r.attack.as_str(),
+            eabs_eval::suite::norm_title(r.norm)
         ),
     };
     println!(
@@ -311,7 +311,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         100.0 * acc.upper
     );
     if let Some(path) = &args.json {
-        crate::reproduce::write_json(
+        eabs_eval::write_json(
             path,
             &serde_json::json!({
                 "model": a.model.name(),
@@ -329,15 +329,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     "commit": commit,
                     "preset": a.preset.as_str(),
                     "seed": a.seed,
-                    "device": format!("{:?}", a.device).to_lowercase(),
+                    "device": a.device.as_str(),
                     "hardware": Hardware::detect(),
                     "started_unix": started,
                     "finished_unix": unix_time(),
                     "stages": timer.into_stages(),
-                    "command": std::iter::once("cargo xtask".to_string())
-                        .chain(std::env::args().skip(1))
-                        .collect::<Vec<_>>()
-                        .join(" "),
+                    "command": crate::reproduce::command_line(),
                 },
             }),
         )?;
@@ -367,13 +364,13 @@ mod tests {
         assert!(row_of(AttackArg::Clean, None).unwrap().is_none());
         assert!(row_of(AttackArg::Clean, Some(NormArg::L2)).is_err());
         let r = row_of(AttackArg::Cw, None).unwrap().unwrap();
-        assert_eq!((r.norm, r.attack), ("l2", "cw"));
+        assert_eq!(r, AttackRow::new(Norm::L2, AttackKind::Cw));
         let err = row_of(AttackArg::Ddn, Some(NormArg::Linf)).unwrap_err();
         assert!(err.to_string().contains("L_2 attack"), "{err}");
         assert!(row_of(AttackArg::Pgd, None).is_err());
         let r = row_of(AttackArg::Deepfool, Some(NormArg::Linf))
             .unwrap()
             .unwrap();
-        assert_eq!((r.norm, r.attack), ("linf", "deepfool"));
+        assert_eq!(r, AttackRow::new(Norm::Linf, AttackKind::DeepFool));
     }
 }

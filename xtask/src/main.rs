@@ -7,8 +7,6 @@
 mod data;
 mod eval;
 mod fetch;
-mod lock;
-mod paper;
 mod reproduce;
 mod train;
 
@@ -73,6 +71,6 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Weights { command } => train::run_weights(&command),
-        Command::VerifyResults { dir } => reproduce::verify::run(&dir),
+        Command::VerifyResults { dir } => reproduce::verify(&dir),
     }
 }

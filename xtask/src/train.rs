@@ -11,11 +11,11 @@ use eabs_models::{AdvNorm, Family, Model, ModelConfig, ModelKind, TrainConfig, T
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::reproduce::preset::{train_config, EvalSizes, PresetName};
-use crate::reproduce::provenance::Timer;
-use crate::reproduce::weights::{self, Release};
-use crate::reproduce::zoo::{checkpoint_root, obtain, InferenceValidator, ModelStore};
-use crate::reproduce::DeviceArg;
+use eabs_eval::preset::{train_config, EvalSizes, Preset};
+use eabs_eval::provenance::Timer;
+use eabs_eval::weights::{self, Release};
+use eabs_eval::zoo::{checkpoint_root, obtain, InferenceValidator, ModelStore};
+use eabs_eval::DeviceChoice;
 
 /// Parses a model name: `cnn`, `adv-linf`, `adv-l2`, `abs`, `a-abs`, `d-abs`, `e-abs` (case and
 /// `_`/`-` insensitive; `ad-abs` is E-ABS, as in Table 5).
@@ -45,14 +45,14 @@ pub struct ModelArgs {
     #[arg(long, value_parser = |s: &str| parse_model_kind(s).map_err(|e| e.to_string()))]
     pub model: ModelKind,
     /// Training sizes: smoke, quick or paper (the paper's protocol).
-    #[arg(long, value_enum, default_value_t = PresetName::Quick)]
-    pub preset: PresetName,
+    #[arg(long, default_value = "quick")]
+    pub preset: Preset,
     /// Training seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    /// Device: cpu, or cuda (build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
     /// Directory holding the dataset files (default: known system locations).
     #[arg(long, env = "EABS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -152,7 +152,7 @@ fn run_custom(a: &ModelArgs, p: &ProtocolArgs) -> Result<()> {
     let val = load(a.dataset, Split::Validation, a.data_dir.as_deref(), a.seed)?;
     let cfg = p.apply(train_config(a.preset, family, a.model, a.seed));
     tracing::info!(config = ?cfg, "custom training protocol");
-    let _lock = crate::lock::DirLock::acquire(out, "checkpoint directory")?;
+    let _lock = eabs_eval::lock::DirLock::acquire(out, "checkpoint directory")?;
     let trainer = Trainer::new(cfg, out)?
         .with_validator(Arc::new(InferenceValidator::new(EvalSizes::of(a.preset))));
     let mut model = Model::new(&ModelConfig::paper(family, a.model), a.seed, &device)?;
@@ -224,8 +224,8 @@ pub enum WeightsCommand {
         #[arg(long)]
         dataset: DatasetKind,
         /// The preset whose models are released.
-        #[arg(long, value_enum, default_value_t = PresetName::Quick)]
-        preset: PresetName,
+        #[arg(long, default_value = "quick")]
+        preset: Preset,
         /// Training seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn protocol_flags_make_a_labelled_custom_run() {
-        let base = train_config(PresetName::Quick, Family::FashionMnist, ModelKind::E_ABS, 0);
+        let base = train_config(Preset::Quick, Family::FashionMnist, ModelKind::E_ABS, 0);
         let none = ProtocolArgs {
             out: Some("x".into()),
             ..Default::default()

@@ -1,34 +1,20 @@
-//! `cargo xtask reproduce <table|figure>`: one command from data to the rendered table, with
-//! every number's provenance, resumable at sample granularity.
+//! `cargo xtask reproduce <table|figure>`: flags into an [`eabs_eval::RunSpec`], the target's
+//! experiment from `eabs-eval`, then the figures drawn and the tables printed.
 //!
 //! Output: `results/<table>/<preset>/` holds `table.md` (ours beside the paper's numbers),
 //! `results.json` (every number, the configuration and the provenance), `outcomes.json`
 //! (per-sample outcomes, so McNemar and the ALL rows can be recomputed), `config.json`, and
 //! `journal/` (the per-sample journals that make an interrupted run resume).
 
-mod ablation;
-pub mod evaluate;
-mod examples;
-mod figure3;
-mod gradient_free;
-pub mod journal;
+pub mod figures;
 mod plot;
-pub mod preset;
-pub mod provenance;
-pub mod report;
-pub mod rows;
-mod table;
-pub mod verify;
-pub mod weights;
-pub mod zoo;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use eabs_datasets::DatasetKind;
-use serde::Serialize;
+use eabs_eval::targets::{ablation, gradient_free, table};
+use eabs_eval::{DeviceChoice, Preset, ResumePolicy, RunSpec};
 use std::path::{Path, PathBuf};
-
-use preset::PresetName;
 
 /// What to reproduce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,25 +41,6 @@ pub enum Target {
     All,
 }
 
-/// Device for the numerics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-pub enum DeviceArg {
-    /// The CPU (with eabs-kernels' fast convolutions).
-    Cpu,
-    /// The first CUDA GPU (build with `--features cuda`).
-    Cuda,
-}
-
-impl DeviceArg {
-    /// The Candle device.
-    pub fn device(self) -> Result<candle_core::Device> {
-        Ok(match self {
-            DeviceArg::Cpu => candle_core::Device::Cpu,
-            DeviceArg::Cuda => candle_core::Device::new_cuda(0)?,
-        })
-    }
-}
-
 /// Arguments of `cargo xtask reproduce`.
 #[derive(Debug, Clone, Args)]
 pub struct ReproduceArgs {
@@ -81,17 +48,17 @@ pub struct ReproduceArgs {
     #[arg(value_enum)]
     pub target: Target,
     /// Sizes of the run: smoke (CI), quick (a CPU run), paper (the paper's settings).
-    #[arg(long, value_enum, default_value_t = PresetName::Quick)]
-    pub preset: PresetName,
+    #[arg(long, default_value = "quick")]
+    pub preset: Preset,
     /// Number of test samples to evaluate (default: the preset's; the paper uses 1000).
     #[arg(long)]
     pub samples: Option<usize>,
     /// Master seed of training, the sample subset and every attack.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    /// Device: cpu, or cuda (build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
     /// Directory holding the dataset files (default: known system locations).
     #[arg(long, env = "EABS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -124,82 +91,87 @@ pub struct ReproduceArgs {
     pub dataset: Option<DatasetKind>,
 }
 
-impl ReproduceArgs {
-    /// Where this run's models of `family` come from.
-    pub fn model_store(&self, family: eabs_models::Family) -> zoo::ModelStore {
-        let weights = (!self.retrain).then_some(self.weights.as_path());
-        let mut store =
-            zoo::ModelStore::new(&self.checkpoints, weights, family, self.preset, self.seed);
-        store.train = !self.no_train;
-        store
-    }
+/// The command line as run, for provenance.
+pub fn command_line() -> String {
+    std::iter::once("cargo xtask".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
-    /// The dataset of a single-dataset experiment and its results directory name: the paper's
-    /// (`default`) unless `--dataset` names another.
-    #[allow(dead_code)] // the single-dataset targets land next
-    pub fn experiment_dataset(&self, target: &str, default: DatasetKind) -> (DatasetKind, String) {
-        match self.dataset {
-            Some(kind) if kind != default => (kind, format!("{target}-{}", kind.name())),
-            _ => (default, target.to_string()),
+/// The policy `--restart-changed` asks for.
+pub fn resume_policy(restart_changed: bool) -> ResumePolicy {
+    if restart_changed {
+        ResumePolicy::RestartChanged
+    } else {
+        ResumePolicy::Refuse
+    }
+}
+
+impl ReproduceArgs {
+    /// The run these flags describe.
+    pub fn spec(&self) -> RunSpec {
+        RunSpec {
+            preset: self.preset,
+            samples: self.samples,
+            seed: self.seed,
+            device: self.device,
+            data_dir: self.data_dir.clone(),
+            out: self.out.clone(),
+            checkpoints: self.checkpoints.clone(),
+            weights: (!self.retrain).then(|| self.weights.clone()),
+            train: !self.no_train,
+            resume: resume_policy(self.restart_changed),
+            dataset: self.dataset,
+            command: command_line(),
         }
     }
+}
+
+/// Prints a results folder's rendering (`table.md` or `figure.md`) and where it is.
+fn show(dir: &Path, file: &str) -> Result<()> {
+    println!("{}", std::fs::read_to_string(dir.join(file))?);
+    println!("results written to {}", dir.display());
+    Ok(())
 }
 
 /// Runs `cargo xtask reproduce`.
 pub fn run(args: &ReproduceArgs) -> Result<()> {
-    evaluate::restart_changed_journals(args.restart_changed);
-    let command = std::iter::once("cargo xtask".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let tables: Vec<(&str, DatasetKind)> = match args.target {
-        Target::Table1 => vec![("table1", DatasetKind::Mnist)],
-        Target::Table2 => vec![("table2", DatasetKind::FashionMnist)],
-        Target::Table3 => vec![("table3", DatasetKind::SuperTraffic10)],
-        Target::Table4 => vec![("table4", DatasetKind::Svhn)],
-        Target::Fig3 => return figure3::run(args, &command),
-        Target::Fig4 => return examples::run("fig4", DatasetKind::Mnist, args, &command),
-        Target::Fig5 => return examples::run("fig5", DatasetKind::Svhn, args, &command),
-        Target::Table5 | Target::GradientFree => {
-            let dir = if args.target == Target::Table5 {
-                ablation::run(args, &command)?
-            } else {
-                gradient_free::run(args, &command)?
-            };
-            println!("{}", std::fs::read_to_string(dir.join("table.md"))?);
-            println!("results written to {}", dir.display());
-            return Ok(());
-        }
+    let spec = args.spec();
+    let tables: Vec<DatasetKind> = match args.target {
+        Target::Table1 => vec![DatasetKind::Mnist],
+        Target::Table2 => vec![DatasetKind::FashionMnist],
+        Target::Table3 => vec![DatasetKind::SuperTraffic10],
+        Target::Table4 => vec![DatasetKind::Svhn],
+        Target::Fig3 => return show(&figures::figure3(&spec)?, "figure.md"),
+        Target::Fig4 => return show(&figures::examples("fig4", DatasetKind::Mnist, &spec)?, "figure.md"),
+        Target::Fig5 => return show(&figures::examples("fig5", DatasetKind::Svhn, &spec)?, "figure.md"),
+        Target::Table5 => return show(&ablation::run(&spec)?, "table.md"),
+        Target::GradientFree => return show(&gradient_free::run(&spec)?, "table.md"),
         Target::All => vec![
-            ("table1", DatasetKind::Mnist),
-            ("table2", DatasetKind::FashionMnist),
-            ("table3", DatasetKind::SuperTraffic10),
-            ("table4", DatasetKind::Svhn),
+            DatasetKind::Mnist,
+            DatasetKind::FashionMnist,
+            DatasetKind::SuperTraffic10,
+            DatasetKind::Svhn,
         ],
     };
-    if args.dataset.is_some() {
-        bail!(
-            "--dataset applies to table5, fig3, fig4, fig5 and gradient-free; tables 1-4 are \
-             per dataset already (table1 MNIST, table2 Fashion-MNIST, table3 SuperTraffic-10, \
-             table4 SVHN)"
-        );
-    }
-    for (table, kind) in tables {
-        let dir = table::run(table, kind, args, &command)?;
-        println!("{}", std::fs::read_to_string(dir.join("table.md"))?);
-        println!("results written to {}", dir.display());
+    spec.refuse_dataset(
+        "tables 1-4, which are per dataset already (table1 MNIST, table2 Fashion-MNIST, table3 \
+         SuperTraffic-10, table4 SVHN); it applies to table5, fig3, fig4, fig5 and gradient-free",
+    )?;
+    for kind in tables {
+        show(&table::run(kind, &spec)?, "table.md")?;
     }
     Ok(())
 }
 
-/// Serialises `value` as pretty JSON and writes it atomically.
-pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(value)?;
-    bytes.push(b'\n');
-    provenance::write_atomic(path, &bytes)
-}
-
-/// Writes `text` atomically.
-pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    provenance::write_atomic(path, text.as_bytes())
+/// `cargo xtask verify-results DIR`: a figure's data and images, or a table's files.
+pub fn verify(dir: &Path) -> Result<()> {
+    let summary = if dir.join("figure.md").is_file() {
+        figures::verify(dir)?
+    } else {
+        eabs_eval::verify::run(dir)?
+    };
+    println!("{summary}");
+    Ok(())
 }

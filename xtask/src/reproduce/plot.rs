@@ -268,16 +268,7 @@ pub fn nice_step(raw: f64) -> f64 {
         .unwrap_or(10.0 * mag)
 }
 
-/// A number for an axis tick: at most three decimals, trailing zeros dropped (`0.25`, `8`).
-pub fn trim_number(x: f64) -> String {
-    let s = format!("{x:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" {
-        "0".into()
-    } else {
-        s.into()
-    }
-}
+pub use eabs_eval::report::trim_number;
 
 /// Encodes an RGB image as PNG.
 pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
@@ -422,24 +413,6 @@ pub fn svg_polylines(svg: &str) -> Vec<(String, usize)> {
             (stroke, n)
         })
         .collect()
-}
-
-/// `verify-results` for a figure directory (one holding `figure.md`): dispatches on the
-/// `figure` field of its `results.json`.
-pub fn verify(dir: &Path) -> Result<()> {
-    let path = dir.join("results.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not well-formed", path.display()))?;
-    match json.get("figure").and_then(|f| f.as_str()) {
-        Some("fig3") => super::figure3::verify(dir),
-        Some("fig4" | "fig5") => super::examples::verify(dir),
-        other => bail!(
-            "{}: unknown figure {other:?} (expected fig3, fig4 or fig5)",
-            path.display()
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::preset::{train_config, EvalSizes, PresetName};
-use super::provenance::Timer;
+use crate::preset::{train_config, EvalSizes, Preset};
+use crate::provenance::Timer;
 
 /// The attack library's name for a dataset (its epsilons and PGD restarts).
 pub fn attack_dataset(kind: DatasetKind) -> eabs_attacks::paper::Dataset {
@@ -31,7 +31,7 @@ pub fn attack_dataset(kind: DatasetKind) -> eabs_attacks::paper::Dataset {
 
 /// Where the checkpoints of one (family, preset, seed) live: `<root>/<family>/<preset>/seed<S>/`,
 /// one directory per model kind below it.
-pub fn checkpoint_root(root: &Path, family: Family, preset: PresetName, seed: u64) -> PathBuf {
+pub fn checkpoint_root(root: &Path, family: Family, preset: Preset, seed: u64) -> PathBuf {
     root.join(family.name())
         .join(preset.as_str())
         .join(format!("seed{seed}"))
@@ -56,7 +56,7 @@ impl Evaluated {
 }
 
 /// Where the models of one (family, preset, seed) come from: released weights (`weights/`,
-/// see [`super::weights`]) when present and matching, else the checkpoint tree, where they are
+/// see [`crate::weights`]) when present and matching, else the checkpoint tree, where they are
 /// trained, resumed or reused.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelStore {
@@ -76,7 +76,7 @@ impl ModelStore {
         checkpoints: &Path,
         weights: Option<&Path>,
         family: Family,
-        preset: PresetName,
+        preset: Preset,
         seed: u64,
     ) -> Self {
         Self {
@@ -87,14 +87,14 @@ impl ModelStore {
     }
 
     /// The released best checkpoint of `kind` trained with `cfg`, if any (see
-    /// [`super::weights::released_best`]).
+    /// [`crate::weights::released_best`]).
     fn released_best(
         &self,
         kind: ModelKind,
         cfg: &eabs_models::TrainConfig,
     ) -> Result<Option<PathBuf>> {
         match &self.released {
-            Some(root) => super::weights::released_best(root, kind, cfg),
+            Some(root) => crate::weights::released_best(root, kind, cfg),
             None => Ok(None),
         }
     }
@@ -115,7 +115,7 @@ impl CheckpointId {
     pub fn of(path: &Path) -> Result<Self> {
         Ok(Self {
             path: path.to_path_buf(),
-            sha256: super::weights::sha256_file(path)?,
+            sha256: crate::weights::sha256_file(path)?,
         })
     }
 }
@@ -137,7 +137,7 @@ pub struct Obtained {
 pub fn obtain(
     kind: ModelKind,
     family: Family,
-    preset: PresetName,
+    preset: Preset,
     seed: u64,
     store: &ModelStore,
     train: &Dataset,

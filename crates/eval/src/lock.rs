@@ -67,7 +67,7 @@ impl DirLock {
         let holder = format!(
             "pid {}, since unix time {}, `{}`",
             std::process::id(),
-            crate::reproduce::provenance::unix_time(),
+            crate::provenance::unix_time(),
             std::env::args().collect::<Vec<_>>().join(" ")
         );
         file.set_len(0)

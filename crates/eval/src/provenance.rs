@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::journal::{Journal, Record};
+use crate::journal::{Journal, Record};
 
 /// The machine a run used.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,29 +142,6 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// The provenance of a `reproduce` run that started at `started_unix` on `commit` and has
-    /// just finished: its arguments' preset, seed and device, this machine, and the stages
-    /// `timer` recorded (of every invocation, for a resumed run).
-    pub fn of_reproduce(
-        commit: String,
-        args: &super::ReproduceArgs,
-        started_unix: u64,
-        timer: Timer,
-        command: &str,
-    ) -> Self {
-        Self {
-            commit,
-            preset: args.preset.as_str().into(),
-            seed: args.seed,
-            device: format!("{:?}", args.device).to_lowercase(),
-            hardware: Hardware::detect(),
-            started_unix,
-            finished_unix: unix_time(),
-            stages: timer.into_stages(),
-            command: command.into(),
-        }
-    }
-
     /// Total wall time over every stage of every invocation, in seconds.
     pub fn total_seconds(&self) -> f64 {
         self.stages.iter().map(|s| s.seconds).sum()

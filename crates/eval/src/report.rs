@@ -2,12 +2,16 @@
 //! the "ALL" rows, McNemar's test between every pair of models per attack type, and the Markdown
 //! and JSON renderings written to `results/`.
 
-use anyhow::{Context, Result};
-use eabs_stats::{accuracy, robust_to_all, ComparisonConfig, PairwiseComparison};
+use anyhow::{bail, Context, Result};
+use eabs_attacks::Norm;
+use eabs_stats::{
+    accuracy, robust_to_all, Accuracy, AttackTypeReport, ComparisonConfig, PairwiseComparison,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::provenance::Provenance;
+use crate::provenance::Provenance;
+use crate::suite::RowKey;
 
 /// One cell: a model's accuracy on one row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,18 +73,27 @@ pub struct TableReport {
     pub provenance: Provenance,
 }
 
-/// Per-sample outcomes: `outcomes[(norm, attack)][model]` = robust flags over the samples.
-pub type Outcomes = BTreeMap<(String, String), BTreeMap<String, Vec<bool>>>;
+/// Per-sample outcomes: `outcomes[row][model]` = robust flags over the samples.
+pub type Outcomes = BTreeMap<RowKey, BTreeMap<String, Vec<bool>>>;
+
+/// The attack rows of `norm` in `outcomes` (not its ALL row), in key order.
+fn attacks_of(outcomes: &Outcomes, norm: Norm) -> Vec<RowKey> {
+    outcomes
+        .keys()
+        .copied()
+        .filter(|k| matches!(k, RowKey::Attack(r) if r.norm == norm))
+        .collect()
+}
 
 /// Adds the "ALL" row of `norm` to `outcomes`: per sample and model, robust only if every
 /// attack of that norm failed (clean misclassifications count as failures of every attack).
-pub fn add_all_row(outcomes: &mut Outcomes, norm: &str, models: &[String]) -> Result<()> {
+pub fn add_all_row(outcomes: &mut Outcomes, norm: Norm, models: &[String]) -> Result<()> {
+    let rows = attacks_of(outcomes, norm);
     let mut all = BTreeMap::new();
     for m in models {
-        let per_attack: Vec<&[bool]> = outcomes
+        let per_attack: Vec<&[bool]> = rows
             .iter()
-            .filter(|((n, a), _)| n == norm && a != "all")
-            .filter_map(|(_, per_model)| per_model.get(m).map(|v| v.as_slice()))
+            .filter_map(|r| outcomes[r].get(m).map(|v| v.as_slice()))
             .collect();
         if per_attack.is_empty() {
             continue;
@@ -88,62 +101,118 @@ pub fn add_all_row(outcomes: &mut Outcomes, norm: &str, models: &[String]) -> Re
         all.insert(m.clone(), robust_to_all(&per_attack)?);
     }
     if !all.is_empty() {
-        outcomes.insert((norm.to_string(), "all".to_string()), all);
+        outcomes.insert(RowKey::All(norm), all);
     }
     Ok(())
 }
 
-/// Builds the report's rows and comparisons from per-sample outcomes, in `row_order`.
+fn cell(acc: &Accuracy, paper: Option<f64>) -> Cell {
+    Cell {
+        correct: acc.correct,
+        total: acc.total,
+        percent: acc.percent(),
+        interval: (acc.lower * 100.0, acc.upper * 100.0),
+        paper,
+    }
+}
+
+/// Builds the report's rows and comparisons from per-sample outcomes, in `row_order` (rows
+/// with their epsilons; rows without outcomes are left out). Each "ALL" row, with its McNemar
+/// test, is [`AttackTypeReport`]'s over the attacks of its norm; every other row gets its own
+/// pairwise McNemar test (rendered for Table 5 and the gradient-free check).
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     table: &str,
     dataset: &str,
     models: &[String],
     samples: Vec<usize>,
-    row_order: &[(String, String, f64)],
+    row_order: &[(RowKey, f64)],
     outcomes: &Outcomes,
-    paper: &dyn Fn(&str, &str, &str) -> Option<f64>,
+    paper: &dyn Fn(&str, RowKey) -> Option<f64>,
     config: serde_json::Value,
     provenance: Provenance,
 ) -> Result<TableReport> {
     let mut rows = Vec::new();
     let mut comparisons = Vec::new();
-    for (norm, attack, epsilon) in row_order {
-        let Some(per_model) = outcomes.get(&(norm.clone(), attack.clone())) else {
+    for &(key, epsilon) in row_order {
+        let Some(per_model) = outcomes.get(&key) else {
             continue;
         };
-        let mut cells = Vec::new();
-        let mut names = Vec::new();
-        let mut vecs = Vec::new();
-        for m in models {
-            let v = per_model
-                .get(m)
-                .with_context(|| format!("no outcomes for {m} on {norm} {attack}"))?;
-            let acc = accuracy(v, 0.95)?;
-            cells.push(Cell {
-                correct: acc.correct,
-                total: acc.total,
-                percent: acc.percent(),
-                interval: (acc.lower * 100.0, acc.upper * 100.0),
-                paper: paper(m, norm, attack),
-            });
-            names.push(m.clone());
-            vecs.push(v.clone());
-        }
-        if names.len() >= 2 {
-            let mcnemar =
-                PairwiseComparison::with_config(&names, &vecs, ComparisonConfig::paper())?;
+        let vecs: Vec<&Vec<bool>> = models
+            .iter()
+            .map(|m| {
+                per_model
+                    .get(m)
+                    .with_context(|| format!("no outcomes for {m} on {}", key.key()))
+            })
+            .collect::<Result<_>>()?;
+        let (accuracies, mcnemar) = match key {
+            RowKey::All(norm) => {
+                let attacks = attacks_of(outcomes, norm);
+                let names: Vec<String> = attacks.iter().map(|r| r.key()).collect();
+                let per_model: Vec<Vec<&[bool]>> = models
+                    .iter()
+                    .map(|m| {
+                        attacks
+                            .iter()
+                            .map(|r| {
+                                outcomes[r].get(m).map(|v| v.as_slice()).with_context(|| {
+                                    format!("no outcomes for {m} on {}", r.key())
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<_>>()?;
+                let report = AttackTypeReport::new(
+                    norm_title(key.norm_str()),
+                    models,
+                    &names,
+                    &per_model,
+                    ComparisonConfig::paper(),
+                )?;
+                // The journaled ALL outcomes and the report's must agree sample for sample.
+                for (m, (acc, v)) in models.iter().zip(report.all().iter().zip(&vecs)) {
+                    let journaled = v.iter().filter(|&&r| r).count() as u64;
+                    if acc.correct != journaled || acc.total != v.len() as u64 {
+                        bail!(
+                            "{m} on {}: the ALL outcomes count {journaled}/{} robust, the \
+                             attacks' combination {}/{}",
+                            key.key(),
+                            v.len(),
+                            acc.correct,
+                            acc.total
+                        );
+                    }
+                }
+                (report.all().to_vec(), Some(report.comparison().clone()))
+            }
+            _ => {
+                let accs = vecs
+                    .iter()
+                    .map(|v| accuracy(v, ComparisonConfig::paper().confidence))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let mcnemar = (models.len() >= 2)
+                    .then(|| PairwiseComparison::with_config(models, &vecs, ComparisonConfig::paper()))
+                    .transpose()?;
+                (accs, mcnemar)
+            }
+        };
+        if let Some(mcnemar) = mcnemar.filter(|_| models.len() >= 2) {
             comparisons.push(Comparison {
-                norm: norm.clone(),
-                attack: attack.clone(),
+                norm: key.norm_str().into(),
+                attack: key.attack_str().into(),
                 mcnemar,
             });
         }
         rows.push(Row {
-            norm: norm.clone(),
-            attack: attack.clone(),
-            epsilon: *epsilon,
-            cells,
+            norm: key.norm_str().into(),
+            attack: key.attack_str().into(),
+            epsilon,
+            cells: models
+                .iter()
+                .zip(&accuracies)
+                .map(|(m, acc)| cell(acc, paper(m, key)))
+                .collect(),
         });
     }
     Ok(TableReport {
@@ -158,7 +227,7 @@ pub fn build(
     })
 }
 
-fn norm_title(norm: &str) -> &str {
+pub(crate) fn norm_title(norm: &str) -> &str {
     match norm {
         "linf" => "L_inf",
         "l2" => "L_2",
@@ -166,7 +235,7 @@ fn norm_title(norm: &str) -> &str {
     }
 }
 
-fn attack_title(attack: &str) -> String {
+pub(crate) fn attack_title(attack: &str) -> String {
     match attack {
         "clean" => "Clean".into(),
         "pgd" => "PGD".into(),
@@ -289,22 +358,34 @@ pub fn write_outputs(
     outcomes: &Outcomes,
     title: &str,
 ) -> Result<()> {
-    super::write_text(&dir.join("table.md"), &to_markdown(report, title))?;
-    super::write_json(&dir.join("results.json"), report)?;
-    super::write_json(&dir.join("config.json"), &report.config)?;
+    crate::write_text(&dir.join("table.md"), &to_markdown(report, title))?;
+    crate::write_json(&dir.join("results.json"), report)?;
+    crate::write_json(&dir.join("config.json"), &report.config)?;
     let per_sample: BTreeMap<String, BTreeMap<String, &Vec<bool>>> = outcomes
         .iter()
-        .map(|((n, a), per_model)| {
+        .map(|(key, per_model)| {
             (
-                format!("{n}-{a}"),
+                key.key(),
                 per_model.iter().map(|(m, v)| (m.clone(), v)).collect(),
             )
         })
         .collect();
-    super::write_json(
+    crate::write_json(
         &dir.join("outcomes.json"),
         &serde_json::json!({ "samples": report.samples, "outcomes": per_sample }),
     )
+}
+
+/// A number as tables and axes print it: at most three decimals, trailing zeros dropped (`0.25`,
+/// `8`).
+pub fn trim_number(x: f64) -> String {
+    let s = format!("{x:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.into()
+    }
 }
 
 fn fmt_eps(e: f64) -> String {
@@ -318,45 +399,44 @@ fn fmt_eps(e: f64) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::reproduce::provenance::Hardware;
+    use crate::provenance::Hardware;
+    use crate::suite::{AttackKind, AttackRow};
 
     /// A two-model, four-sample report with its outcomes (for the tests here and in `verify`).
     pub(crate) fn small_report() -> Result<(TableReport, Outcomes)> {
         let models = vec!["CNN".to_string(), "E-ABS".to_string()];
         let mut o: Outcomes = BTreeMap::new();
-        let put = |o: &mut Outcomes, n: &str, a: &str, cnn: Vec<bool>, eabs: Vec<bool>| {
+        let put = |o: &mut Outcomes, key: RowKey, cnn: Vec<bool>, eabs: Vec<bool>| {
             let mut m = BTreeMap::new();
             m.insert("CNN".to_string(), cnn);
             m.insert("E-ABS".to_string(), eabs);
-            o.insert((n.into(), a.into()), m);
+            o.insert(key, m);
         };
+        let linf = |a| RowKey::Attack(AttackRow::new(Norm::Linf, a));
         put(
             &mut o,
-            "none",
-            "clean",
+            RowKey::Clean,
             vec![true, true, true, false],
             vec![true, true, true, true],
         );
         put(
             &mut o,
-            "linf",
-            "pgd",
+            linf(AttackKind::Pgd),
             vec![false, true, true, false],
             vec![true, true, false, true],
         );
         put(
             &mut o,
-            "linf",
-            "deepfool",
+            linf(AttackKind::DeepFool),
             vec![true, false, true, false],
             vec![true, true, true, true],
         );
-        add_all_row(&mut o, "linf", &models)?;
+        add_all_row(&mut o, Norm::Linf, &models)?;
         let order = vec![
-            ("none".to_string(), "clean".to_string(), 0.0),
-            ("linf".to_string(), "pgd".to_string(), 0.1),
-            ("linf".to_string(), "deepfool".to_string(), 0.1),
-            ("linf".to_string(), "all".to_string(), 0.1),
+            (RowKey::Clean, 0.0),
+            (linf(AttackKind::Pgd), 0.1),
+            (linf(AttackKind::DeepFool), 0.1),
+            (RowKey::All(Norm::Linf), 0.1),
         ];
         let prov = Provenance {
             commit: "abc".into(),
@@ -366,7 +446,7 @@ pub(crate) mod tests {
             hardware: Hardware::detect(),
             started_unix: 0,
             finished_unix: 1,
-            stages: vec![super::super::provenance::Stage {
+            stages: vec![crate::provenance::Stage {
                 name: "train CNN".into(),
                 seconds: 1.0,
                 commit: Some("abc".into()),
@@ -374,7 +454,9 @@ pub(crate) mod tests {
             }],
             command: "cargo xtask reproduce table2".into(),
         };
-        let paper = |m: &str, n: &str, a: &str| crate::paper::paper_accuracy("table2", m, n, a);
+        let paper = |m: &str, row: RowKey| {
+            crate::paper::paper_accuracy("table2", m, row.norm_str(), row.attack_str())
+        };
         let r = build(
             "table2",
             "fashion-mnist",
@@ -393,11 +475,11 @@ pub(crate) mod tests {
     fn all_rows_and_markdown() -> Result<()> {
         let (r, o) = small_report()?;
         assert_eq!(
-            o[&("linf".into(), "all".into())]["CNN"],
+            o[&RowKey::All(Norm::Linf)]["CNN"],
             vec![false, false, true, false]
         );
         assert_eq!(
-            o[&("linf".into(), "all".into())]["E-ABS"],
+            o[&RowKey::All(Norm::Linf)]["E-ABS"],
             vec![true, true, false, true]
         );
         assert_eq!(r.rows.len(), 4);

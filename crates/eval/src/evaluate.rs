@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use super::journal::{Journal, Record};
+use crate::journal::{Journal, Record};
 
 /// Outcome of one sample under one attack, at each epsilon of the evaluation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,6 +44,7 @@ pub type BatchResult = Vec<Vec<(bool, f64)>>;
 pub fn evaluate(
     journal_path: &Path,
     settings: &serde_json::Value,
+    resume: ResumePolicy,
     label: &str,
     test: &Dataset,
     subset: &[usize],
@@ -52,7 +53,7 @@ pub fn evaluate(
     device: &Device,
     attack: &mut dyn FnMut(&Tensor, &[u32]) -> Result<BatchResult>,
 ) -> Result<Vec<SampleRecord>> {
-    check_settings(journal_path, settings)?;
+    check_settings(journal_path, settings, resume)?;
     let mut journal = Journal::<SampleRecord>::open(journal_path)?;
     for r in journal.records() {
         if r.sample >= subset.len() || subset[r.sample] != r.test_index || r.robust.len() != n_eps {
@@ -106,14 +107,16 @@ pub fn evaluate(
     Ok(journal.records().cloned().collect())
 }
 
-/// Whether a journal whose inputs changed is started over (`--restart-changed`) instead of
-/// refused. Process-wide, as the command line sets it once for a whole run.
-static RESTART_CHANGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes every later [`evaluate`] start a journal over when its inputs changed (after logging
-/// which), instead of refusing it.
-pub fn restart_changed_journals(on: bool) {
-    RESTART_CHANGED.store(on, std::sync::atomic::Ordering::SeqCst);
+/// What [`evaluate`] does with a journal whose saved inputs differ from this evaluation's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResumePolicy {
+    /// Refuse, naming the inputs that changed (the default: results of two configurations
+    /// never mix silently).
+    #[default]
+    Refuse,
+    /// Log what changed and start the journal over under the new inputs
+    /// (`--restart-changed`).
+    RestartChanged,
 }
 
 /// Path of the settings file that sits beside a journal.
@@ -124,7 +127,11 @@ fn settings_path(journal_path: &Path) -> std::path::PathBuf {
 /// A journal may only be resumed by the evaluation that wrote it: the model's training
 /// configuration, the attack and its settings are saved beside it when it is created and must
 /// match on every later run. Otherwise results of two configurations would mix silently.
-fn check_settings(journal_path: &Path, settings: &serde_json::Value) -> Result<()> {
+fn check_settings(
+    journal_path: &Path,
+    settings: &serde_json::Value,
+    resume: ResumePolicy,
+) -> Result<()> {
     let meta = settings_path(journal_path);
     let started = journal_path
         .metadata()
@@ -138,7 +145,7 @@ fn check_settings(journal_path: &Path, settings: &serde_json::Value) -> Result<(
         if &saved != settings {
             let mut changed = Vec::new();
             json_differences("", &saved, settings, &mut changed);
-            if RESTART_CHANGED.load(std::sync::atomic::Ordering::SeqCst) {
+            if resume == ResumePolicy::RestartChanged {
                 tracing::warn!(
                     journal = %journal_path.display(),
                     changed = changed.join("; "),
@@ -150,7 +157,7 @@ fn check_settings(journal_path: &Path, settings: &serde_json::Value) -> Result<(
                             .with_context(|| format!("removing {}", f.display()))?;
                     }
                 }
-                super::write_json(&meta, settings)?;
+                crate::write_json(&meta, settings)?;
                 return Ok(());
             }
             bail!(
@@ -169,7 +176,7 @@ fn check_settings(journal_path: &Path, settings: &serde_json::Value) -> Result<(
             meta.display()
         );
     } else {
-        super::write_json(&meta, settings)?;
+        crate::write_json(&meta, settings)?;
     }
     Ok(())
 }
@@ -250,11 +257,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let journal = dir.join("pgd.jsonl");
         let a = serde_json::json!({"attack": "pgd", "steps": 20});
-        check_settings(&journal, &a)?;
+        check_settings(&journal, &a, ResumePolicy::Refuse)?;
         std::fs::write(&journal, "{}\n")?;
-        check_settings(&journal, &a)?; // same settings: resume
+        check_settings(&journal, &a, ResumePolicy::Refuse)?; // same settings: resume
         let b = serde_json::json!({"attack": "pgd", "steps": 80});
-        let err = check_settings(&journal, &b).expect_err("other settings must not resume");
+        let err = check_settings(&journal, &b, ResumePolicy::Refuse).expect_err("other settings must not resume");
         assert!(
             format!("{err:#}").contains("other inputs: steps: was 20, now 80"),
             "{err:#}"
@@ -275,15 +282,13 @@ mod tests {
         assert_eq!(changed.len(), 1);
         assert!(changed[0].starts_with("model: was absent"), "{changed:?}");
         // With --restart-changed the stage starts over under the new settings.
-        restart_changed_journals(true);
-        check_settings(&journal, &b)?;
-        restart_changed_journals(false);
+        check_settings(&journal, &b, ResumePolicy::RestartChanged)?;
         assert!(!journal.exists(), "the old journal must be gone");
-        check_settings(&journal, &b)?; // the new settings now resume
+        check_settings(&journal, &b, ResumePolicy::Refuse)?; // the new settings now resume
         std::fs::write(&journal, "{}\n")?;
         std::fs::remove_file(settings_path(&journal))?;
         assert!(
-            check_settings(&journal, &a).is_err(),
+            check_settings(&journal, &a, ResumePolicy::Refuse).is_err(),
             "a started journal without settings"
         );
         Ok(())

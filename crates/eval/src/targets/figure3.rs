@@ -16,22 +16,21 @@
 //! `verify-results` recomputes every point), `figure.md`, and `journal/` (resumable evaluation).
 
 use anyhow::{bail, ensure, Context, Result};
-use eabs_attacks::{attack_fixed, Criterion, Eot, Norm, Pgd};
-use eabs_datasets::{load, DatasetKind, Split};
-use eabs_models::Family;
+use eabs_attacks::{attack_fixed, Criterion, Norm, Pgd};
+use eabs_datasets::DatasetKind;
 use eabs_stats::accuracy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::evaluate::{evaluate, select_subset};
-use super::plot::{self, LineChart, Series};
-use super::preset::{train_config, EvalSizes, PresetName};
-use super::provenance::{git_revision, unix_time, Provenance, Timer};
-use super::rows::{evaluate_clean, pgd_config, rows_of, ATTACK_ROWS};
-use super::table::MODEL_KINDS;
-use super::zoo::{attack_dataset, obtain, to_evaluated, Obtained};
-use super::ReproduceArgs;
+use crate::experiment::{attack_fingerprint, with_eot, Experiment};
+use crate::lock::DirLock;
+use crate::preset::Preset;
+use crate::provenance::Provenance;
+use crate::suite::{pgd_config, rows_of, AttackKind, AttackRow};
+use crate::targets::table::MODEL_KINDS;
+use crate::zoo::attack_dataset;
+use crate::RunSpec;
 
 /// The two panels: (a) L_inf and (b) L_2, with the names used in files and JSON.
 pub const PANELS: [(&str, Norm); 2] = [("linf", Norm::Linf), ("l2", Norm::L2)];
@@ -42,7 +41,7 @@ pub const PANELS: [(&str, Norm); 2] = [("linf", Norm::Linf), ("l2", Norm::L2)];
 /// 0 to 0.4 in steps of 0.05; Fashion-MNIST (0.1): 0 to 0.12 in steps of 0.02, then 0.15 and
 /// 0.2. L_2 (1.5 everywhere): 0 to 3 in steps of 0.25. The smoke preset keeps four points: 0,
 /// the grid point nearest half the table epsilon, the table epsilon and the largest.
-pub fn epsilon_grid(kind: DatasetKind, norm: Norm, preset: PresetName) -> Vec<f64> {
+pub fn epsilon_grid(kind: DatasetKind, norm: Norm, preset: Preset) -> Vec<f64> {
     let full: Vec<f64> = match (norm, kind) {
         (Norm::Linf, DatasetKind::Svhn | DatasetKind::SuperTraffic10) => {
             [0, 1, 2, 4, 6, 8, 10, 12, 16]
@@ -58,7 +57,7 @@ pub fn epsilon_grid(kind: DatasetKind, norm: Norm, preset: PresetName) -> Vec<f6
         }
         (Norm::L2, _) => (0..=12).map(|k| k as f64 * 0.25).collect(),
     };
-    if preset != PresetName::Smoke {
+    if preset != Preset::Smoke {
         return full;
     }
     let eps = attack_dataset(kind).epsilon(norm);
@@ -190,18 +189,15 @@ pub fn non_monotone_samples(robust: &[Vec<bool>]) -> usize {
         .count()
 }
 
-/// The seed of the tables' PGD row for `norm` (`linf` or `l2`), so that Figure 3 attacks a
-/// deterministic model at the table's epsilon exactly as the table does.
-pub fn pgd_seed(seed: u64, norm: &str) -> Result<u64> {
-    let r_idx = ATTACK_ROWS
-        .iter()
-        .position(|r| r.norm == norm && r.attack == "pgd")
-        .with_context(|| format!("the tables have no PGD row for {norm}"))?;
-    Ok(seed.wrapping_mul(1000).wrapping_add(r_idx as u64))
+/// The seed of the tables' PGD row for `norm` ([`crate::seeds::table_attack`]), so that Figure 3
+/// attacks a deterministic model at the table's epsilon exactly as the table does.
+pub fn pgd_seed(seed: u64, norm: Norm) -> Result<u64> {
+    crate::seeds::table_attack(seed, AttackRow::new(norm, AttackKind::Pgd))
+        .with_context(|| format!("the tables have no PGD row for {norm:?}"))
 }
 
 /// Checks a grid: starts at 0, strictly increasing, contains `table_epsilon`.
-fn check_grid(grid: &[f64], table_epsilon: f64) -> Result<()> {
+pub fn check_grid(grid: &[f64], table_epsilon: f64) -> Result<()> {
     ensure!(
         grid.first() == Some(&0.0),
         "the epsilon grid must start at 0 (clean), found {grid:?}"
@@ -219,7 +215,7 @@ fn check_grid(grid: &[f64], table_epsilon: f64) -> Result<()> {
 
 /// How the x axis shows a norm's epsilons: L_inf on colour data in units of 1/255 (as the SVHN
 /// literature quotes them), everything else as is. Returns (scale, axis label).
-fn x_axis(kind: DatasetKind, norm: &str) -> (f64, String) {
+pub fn x_axis(kind: DatasetKind, norm: &str) -> (f64, String) {
     match (norm, kind) {
         ("linf", DatasetKind::Svhn | DatasetKind::SuperTraffic10) => {
             (255.0, "L∞ perturbation size ε (× 1/255)".into())
@@ -229,51 +225,12 @@ fn x_axis(kind: DatasetKind, norm: &str) -> (f64, String) {
     }
 }
 
-/// The chart of one panel.
-fn chart(report: &Figure3Report, panel_idx: usize, kind: DatasetKind) -> LineChart {
-    let panel = &report.panels[panel_idx];
-    let (scale, x_label) = x_axis(kind, &panel.norm);
-    let (letter, title) = if panel.norm == "linf" {
-        ("a", "L∞")
-    } else {
-        ("b", "L₂")
-    };
-    let last = panel.epsilons.last().copied().unwrap_or(1.0);
-    LineChart {
-        title: format!(
-            "Figure 3({letter}): accuracy under {title} PGD, {} ({} samples)",
-            report.dataset,
-            report.samples.len()
-        ),
-        x_label,
-        y_label: "accuracy (%)".into(),
-        x_range: (0.0, last * scale),
-        // A little room around 0% and 100%, so markers there are not cut in half.
-        y_range: (-3.0, 103.0),
-        series: panel
-            .curves
-            .iter()
-            .map(|c| Series {
-                name: c.model.clone(),
-                points: c
-                    .points
-                    .iter()
-                    .map(|p| (p.epsilon * scale, p.percent))
-                    .collect(),
-            })
-            .collect(),
-        marker: Some((
-            panel.table_epsilon * scale,
-            format!("table ε = {}", fmt_eps(panel.table_epsilon, scale)),
-        )),
-    }
-}
-
-fn fmt_eps(e: f64, scale: f64) -> String {
+/// An epsilon as the figure prints it: in units of 1/255 where the axis is scaled so.
+pub fn fmt_eps(e: f64, scale: f64) -> String {
     if scale == 255.0 {
-        format!("{}/255", plot::trim_number(e * 255.0))
+        format!("{}/255", crate::report::trim_number(e * 255.0))
     } else {
-        plot::trim_number(e)
+        crate::report::trim_number(e)
     }
 }
 
@@ -363,7 +320,11 @@ pub fn to_markdown(r: &Figure3Report, kind: DatasetKind) -> String {
 }
 
 /// Builds the report's panels from per-sample outcomes.
-fn panels(outcomes: &Figure3Outcomes, models: &[String], kind: DatasetKind) -> Result<Vec<Panel>> {
+pub fn panels(
+    outcomes: &Figure3Outcomes,
+    models: &[String],
+    kind: DatasetKind,
+) -> Result<Vec<Panel>> {
     let ds = attack_dataset(kind);
     PANELS
         .iter()
@@ -400,141 +361,79 @@ fn panels(outcomes: &Figure3Outcomes, models: &[String], kind: DatasetKind) -> R
         .collect()
 }
 
-/// Runs `cargo xtask reproduce fig3`.
-pub fn run(args: &ReproduceArgs, command: &str) -> Result<()> {
-    let dir = reproduce(args, command)?;
-    println!("{}", std::fs::read_to_string(dir.join("figure.md"))?);
-    println!("results written to {}", dir.display());
-    Ok(())
+/// A finished Figure 3 run: its report and outcomes, not yet written (the caller draws the
+/// charts, then calls [`write_data`]), and the still-held lock of its results folder.
+pub struct Figure3Run {
+    /// `results.json`.
+    pub report: Figure3Report,
+    /// `outcomes.json`.
+    pub outcomes: Figure3Outcomes,
+    /// The dataset.
+    pub dataset: DatasetKind,
+    /// The results folder.
+    pub out_dir: PathBuf,
+    /// Held until the outputs are written.
+    pub lock: DirLock,
 }
 
-fn reproduce(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
-    let started = unix_time();
-    // The revision of the code that runs: read now, since the tree may change during a long run.
-    let commit = git_revision(Path::new("."));
-    let (kind, dir_name) = args.experiment_dataset("fig3", DatasetKind::Svhn);
-    let device = args.device.device()?;
-    let sizes = {
-        let mut s = EvalSizes::of(args.preset);
-        if let Some(n) = args.samples {
-            s.n_samples = n;
-        }
-        s
-    };
-    let family = Family::from(kind);
+/// Computes Figure 3 for `spec` (on SVHN, or `spec.dataset`); `charts_have_text` is recorded in
+/// the report for the caller's charts.
+pub fn run(spec: &RunSpec, charts_have_text: bool) -> Result<Figure3Run> {
+    let (kind, dir_name) = spec.experiment_dataset("fig3", DatasetKind::Svhn);
+    let sizes = spec.eval_sizes();
     let ds = attack_dataset(kind);
-    let data_dir = args.data_dir.as_deref();
-    let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
-    // One run per results folder: a second fails at once, naming the first.
-    let _lock = crate::lock::DirLock::acquire(&out_dir, "results folder")?;
-    // The tables' checkpoint root: Table 4 (or the --dataset's table) and Figure 3 share models.
-    let ckpt_root = args.model_store(family);
-    let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
-    // Stage times survive interruptions: a resumed run reports every invocation's time.
-    let mut timer = Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?;
     let grids: BTreeMap<String, Vec<f64>> = PANELS
         .iter()
-        .map(|&(name, norm)| (name.to_string(), epsilon_grid(kind, norm, args.preset)))
+        .map(|&(name, norm)| (name.to_string(), epsilon_grid(kind, norm, spec.preset)))
         .collect();
     for &(name, norm) in &PANELS {
         check_grid(&grids[name], ds.epsilon(norm))?;
     }
-    let (train, val, test) = timer.stage("load data", || {
-        Ok((
-            load(kind, Split::Train, data_dir, args.seed)?,
-            load(kind, Split::Validation, data_dir, args.seed)?,
-            load(kind, Split::Test, data_dir, args.seed)?,
-        ))
-    })?;
-    let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
-    // What the journals are bound to: the test images and labels, by content.
-    let test_sha256 = test.content_sha256();
-    // The journal may be resumed by any run with the same attack sizes (not the batch size or
-    // the number of samples, which the per-sample records check themselves).
-    let mut attack_sizes = serde_json::to_value(&sizes)?;
-    if let Some(o) = attack_sizes.as_object_mut() {
-        o.remove("n_samples");
-        o.remove("batch_size");
-    }
-
+    // The tables' checkpoint root: Table 4 (or the --dataset's table) and Figure 3 share models.
+    let mut exp = Experiment::open(spec, &dir_name, kind, sizes.n_samples)?;
+    let attack_sizes = attack_fingerprint(&sizes)?;
     let names: Vec<String> = MODEL_KINDS.iter().map(|k| k.name().to_string()).collect();
     let mut outcomes = Figure3Outcomes {
-        samples: subset.clone(),
+        samples: exp.subset.clone(),
         epsilons: grids.clone(),
         robust: BTreeMap::new(),
     };
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
-        let Obtained { model, checkpoint } = obtain(
-            mk,
-            family,
-            args.preset,
-            args.seed,
-            &ckpt_root,
-            &train,
-            &val,
-            &device,
-            &mut timer,
-        )?;
-        // The tables' inference seed for this column.
-        let evaluated = to_evaluated(model, &sizes, None, args.seed.wrapping_add(m_idx as u64))?;
-        let clf = evaluated.classifier();
-        let stochastic = clf.is_stochastic();
-        let journal = |row: &str| journal_root.join(mk.name()).join(format!("{row}.jsonl"));
-        let model_settings = serde_json::json!({
-            "model": mk.name(),
-            "train": train_config(args.preset, family, mk, args.seed),
-            "checkpoint_sha256": checkpoint.sha256,
-            "test_data_sha256": test_sha256,
-            "inference_sizes": { "n_candidates": sizes.n_candidates, "n_adam_steps": sizes.n_adam_steps },
-            "seed": args.seed,
-        });
-        let label = format!("{} clean", mk.name());
-        let clean = evaluate_clean(
-            &mut timer,
-            &label,
-            &journal("clean"),
-            &model_settings,
-            &test,
-            &subset,
-            sizes.batch_size,
-            &device,
-            clf,
-        )?;
+        let obtained = exp.obtain(mk)?;
+        // The tables' column, inference seed and journal settings.
+        let column = exp.column(m_idx, mk.name(), obtained, &sizes, None)?;
+        let clean = exp.clean(&column, &sizes)?;
+        let clf = column.classifier();
+        let stochastic = column.is_stochastic();
         for &(name, norm) in &PANELS {
             let positive = &grids[name][1..];
-            let pgd_cfg = pgd_config(&sizes, ds, norm, pgd_seed(args.seed, name)?);
+            let pgd_cfg = pgd_config(&sizes, ds, norm, pgd_seed(spec.seed, norm)?);
             let label = format!("{} {name} pgd x{}", mk.name(), positive.len());
-            let rec = timer.stage(&label, || {
-                evaluate(
-                    &journal(&format!("{name}-pgd-grid")),
-                    &serde_json::json!({
-                        "figure": "fig3",
-                        "row": format!("{name}-pgd"),
-                        "epsilons": positive,
-                        "pgd": pgd_cfg,
-                        "sizes": attack_sizes,
-                        "eot": stochastic,
-                        "model": model_settings,
-                    }),
-                    &label,
-                    &test,
-                    &subset,
-                    positive.len(),
-                    sizes.batch_size,
-                    &device,
-                    &mut |xs, ys| {
-                        let c = Criterion::misclassification(ys.to_vec());
-                        let pgd = Pgd::new(pgd_cfg.clone())?;
-                        let outs = if stochastic {
-                            let eot = Eot::new(clf, sizes.eot_samples)?;
-                            attack_fixed(&pgd, &eot, xs, &c, positive)?
-                        } else {
-                            attack_fixed(&pgd, clf, xs, &c, positive)?
-                        };
-                        Ok(rows_of(&outs))
-                    },
-                )
-            })?;
+            let settings = serde_json::json!({
+                "figure": "fig3",
+                "row": format!("{name}-pgd"),
+                "epsilons": positive,
+                "pgd": pgd_cfg,
+                "sizes": attack_sizes,
+                "eot": stochastic,
+                "model": column.settings,
+            });
+            let rec = exp.journaled(
+                mk.name(),
+                &format!("{name}-pgd-grid"),
+                &label,
+                &settings,
+                positive.len(),
+                sizes.batch_size,
+                &mut |xs, ys| {
+                    let c = Criterion::misclassification(ys.to_vec());
+                    let pgd = Pgd::new(pgd_cfg.clone())?;
+                    let outs = with_eot(clf, sizes.eot_samples, |m| {
+                        Ok(attack_fixed(&pgd, m, xs, &c, positive)?)
+                    })?;
+                    Ok(rows_of(&outs))
+                },
+            )?;
             let mut robust = vec![clean.clone()];
             robust.extend(
                 (0..positive.len()).map(|k| rec.iter().map(|r| r.robust[k]).collect::<Vec<_>>()),
@@ -550,65 +449,64 @@ fn reproduce(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     let config = serde_json::json!({
         "figure": "fig3",
         "dataset": kind.name(),
-        "preset": args.preset,
-        "seed": args.seed,
+        "preset": spec.preset,
+        "seed": spec.seed,
         "sizes": sizes,
         "epsilons": grids,
         "table_epsilons": { "linf": ds.epsilon(Norm::Linf), "l2": ds.epsilon(Norm::L2) },
         "pgd": PANELS
             .iter()
-            .map(|&(name, norm)| Ok((name, pgd_config(&sizes, ds, norm, pgd_seed(args.seed, name)?))))
+            .map(|&(name, norm)| Ok((name, pgd_config(&sizes, ds, norm, pgd_seed(spec.seed, norm)?))))
             .collect::<Result<BTreeMap<_, _>>>()?,
         "eot_samples_for_randomised_models": sizes.eot_samples,
         "models": names,
-        "train": MODEL_KINDS.iter().map(|&k| train_config(args.preset, family, k, args.seed)).collect::<Vec<_>>(),
-        "checkpoints": ckpt_root,
+        "train": MODEL_KINDS.iter().map(|&k| exp.train_config(k)).collect::<Vec<_>>(),
+        "checkpoints": exp.store,
     });
-    let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
+    let subset = exp.subset.clone();
+    let (provenance, out_dir, lock) = exp.finish();
     let report = Figure3Report {
         figure: "fig3".into(),
         dataset: kind.name().into(),
         models: names.clone(),
         samples: subset,
         panels: panels(&outcomes, &names, kind)?,
-        charts_have_text: plot::font().is_some(),
+        charts_have_text,
         config,
         provenance,
     };
-    write_outputs(&out_dir, &report, &outcomes, kind)?;
-    Ok(out_dir)
+    Ok(Figure3Run {
+        report,
+        outcomes,
+        dataset: kind,
+        out_dir,
+        lock,
+    })
 }
 
-/// Writes the charts, `results.json`, `outcomes.json` and `figure.md`, each atomically.
-fn write_outputs(
-    dir: &Path,
-    report: &Figure3Report,
-    outcomes: &Figure3Outcomes,
-    kind: DatasetKind,
-) -> Result<()> {
-    for (i, panel) in report.panels.iter().enumerate() {
-        let c = chart(report, i, kind);
-        super::write_text(&dir.join(format!("fig3-{}.svg", panel.norm)), &c.to_svg()?)?;
-        super::provenance::write_atomic(
-            &dir.join(format!("fig3-{}.png", panel.norm)),
-            &c.to_png()?,
-        )?;
-    }
-    super::write_json(&dir.join("outcomes.json"), outcomes)?;
-    super::write_json(&dir.join("results.json"), report)?;
-    super::write_text(&dir.join("figure.md"), &to_markdown(report, kind))
+/// Writes `outcomes.json`, `results.json` and `figure.md` (which links the charts the caller
+/// writes beside them), each atomically.
+pub fn write_data(dir: &Path, report: &Figure3Report, outcomes: &Figure3Outcomes) -> Result<()> {
+    let kind: DatasetKind = report
+        .dataset
+        .parse()
+        .with_context(|| format!("unknown dataset {}", report.dataset))?;
+    crate::write_json(&dir.join("outcomes.json"), outcomes)?;
+    crate::write_json(&dir.join("results.json"), report)?;
+    crate::write_text(&dir.join("figure.md"), &to_markdown(report, kind))
 }
 
-fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+/// Reads and parses a JSON file, naming it in errors.
+pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not well-formed", path.display()))
 }
 
-/// `verify-results` for a Figure 3 directory: every file present and well-formed, every point
-/// recomputed from `outcomes.json`, the clean points shared by both panels, each chart drawn
-/// with one polyline per model with one vertex per epsilon.
-pub fn verify(dir: &Path) -> Result<()> {
+/// The data half of `verify-results` for a Figure 3 directory: every file present and
+/// well-formed, every point recomputed from `outcomes.json`, the clean points shared by both
+/// panels. Returns the report, whose charts the caller checks.
+pub fn verify_data(dir: &Path) -> Result<Figure3Report> {
     for f in ["figure.md", "results.json", "outcomes.json"] {
         ensure!(dir.join(f).is_file(), "{} is missing {f}", dir.display());
     }
@@ -690,36 +588,6 @@ pub fn verify(dir: &Path) -> Result<()> {
                 c2.non_monotone_samples
             );
         }
-        let svg_path = dir.join(format!("fig3-{norm}.svg"));
-        let svg = std::fs::read_to_string(&svg_path)
-            .with_context(|| format!("reading {}", svg_path.display()))?;
-        let lines = plot::svg_polylines(&svg);
-        for (i, m) in report.models.iter().enumerate() {
-            let (r, g, b) = plot::PALETTE[i % plot::PALETTE.len()];
-            let colour = format!("#{r:02X}{g:02X}{b:02X}");
-            let mine: Vec<usize> = lines
-                .iter()
-                .filter(|(c, _)| *c == colour)
-                .map(|(_, k)| *k)
-                .collect();
-            ensure!(
-                mine == [panel.epsilons.len()],
-                "{}: {m}'s curve should be one polyline of {} points, found {mine:?}",
-                svg_path.display(),
-                panel.epsilons.len()
-            );
-        }
-        let png_path = dir.join(format!("fig3-{norm}.png"));
-        let img =
-            image::open(&png_path).with_context(|| format!("decoding {}", png_path.display()))?;
-        ensure!(
-            (img.width(), img.height()) == plot::CHART_SIZE,
-            "{}: {}x{} pixels, expected {:?}",
-            png_path.display(),
-            img.width(),
-            img.height(),
-            plot::CHART_SIZE
-        );
     }
     if outcomes.robust.len() != PANELS.len() {
         bail!("outcomes.json has norms {:?}", outcomes.robust.keys());
@@ -728,43 +596,96 @@ pub fn verify(dir: &Path) -> Result<()> {
         !report.provenance.commit.is_empty() && !report.provenance.stages.is_empty(),
         "results.json has no commit or no stage wall times in its provenance"
     );
-    println!(
-        "{}: complete and consistent (Figure 3, {} models, {} + {} epsilons, {n} samples)",
-        dir.display(),
-        report.models.len(),
-        report.panels[0].epsilons.len(),
-        report.panels[1].epsilons.len()
-    );
-    Ok(())
+    Ok(report)
+}
+
+/// A small synthetic result (no model involved), for tests of code that renders or checks
+/// these results, here and in the tools built on them.
+#[doc(hidden)]
+pub fn synthetic() -> Result<(Figure3Report, Figure3Outcomes)> {
+    use crate::provenance::{Hardware, Stage};
+    let kind = DatasetKind::FashionMnist;
+    let models = vec!["CNN".to_string(), "E-ABS".to_string()];
+    let mut o = Figure3Outcomes {
+        samples: vec![3, 5, 9],
+        epsilons: BTreeMap::new(),
+        robust: BTreeMap::new(),
+    };
+    for &(name, norm) in &PANELS {
+        let grid = epsilon_grid(kind, norm, Preset::Smoke);
+        let clean = vec![true, true, false];
+        let per: BTreeMap<String, Vec<Vec<bool>>> = models
+            .iter()
+            .enumerate()
+            .map(|(m, name)| {
+                let mut rows = vec![clean.clone()];
+                // CNN loses one sample per epsilon, E-ABS keeps its clean accuracy.
+                rows.extend((1..grid.len()).map(|k| {
+                    (0..3)
+                        .map(|i| clean[i] && (m == 1 || i + k < 2))
+                        .collect::<Vec<_>>()
+                }));
+                (name.clone(), rows)
+            })
+            .collect();
+        o.epsilons.insert(name.into(), grid);
+        o.robust.insert(name.into(), per);
+    }
+    let prov = Provenance {
+        commit: "abc".into(),
+        preset: "smoke".into(),
+        seed: 0,
+        device: "cpu".into(),
+        hardware: Hardware::detect(),
+        started_unix: 0,
+        finished_unix: 1,
+        stages: vec![Stage {
+            name: "train CNN".into(),
+            seconds: 1.0,
+            commit: Some("abc".into()),
+            finished_unix: Some(1),
+        }],
+        command: "cargo xtask reproduce fig3".into(),
+    };
+    let report = Figure3Report {
+        figure: "fig3".into(),
+        dataset: kind.name().into(),
+        models: models.clone(),
+        samples: o.samples.clone(),
+        panels: panels(&o, &models, kind)?,
+        charts_have_text: true,
+        config: serde_json::json!({}),
+        provenance: prov,
+    };
+    Ok((report, o))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reproduce::provenance::{Hardware, Stage};
 
     #[test]
     fn grids_bracket_the_table_epsilons() -> Result<()> {
         for kind in DatasetKind::ALL {
             for &(_, norm) in &PANELS {
                 let eps = attack_dataset(kind).epsilon(norm);
-                for preset in [PresetName::Smoke, PresetName::Quick, PresetName::Paper] {
+                for preset in [Preset::Smoke, Preset::Quick, Preset::Paper] {
                     let grid = epsilon_grid(kind, norm, preset);
                     check_grid(&grid, eps)?;
                     assert!(*grid.last().unwrap() > eps, "{kind} {norm:?}: {grid:?}");
-                    if preset == PresetName::Smoke {
+                    if preset == Preset::Smoke {
                         assert_eq!(grid.len(), 4, "{kind} {norm:?}: {grid:?}");
                     }
                 }
             }
         }
-        let svhn: Vec<f64> = epsilon_grid(DatasetKind::Svhn, Norm::Linf, PresetName::Paper)
+        let svhn: Vec<f64> = epsilon_grid(DatasetKind::Svhn, Norm::Linf, Preset::Paper)
             .iter()
             .map(|e| (e * 255.0).round())
             .collect();
         assert_eq!(svhn, [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0]);
         assert_eq!(
-            epsilon_grid(DatasetKind::Svhn, Norm::L2, PresetName::Smoke),
+            epsilon_grid(DatasetKind::Svhn, Norm::L2, Preset::Smoke),
             [0.0, 0.75, 1.5, 3.0]
         );
         assert!(check_grid(&[0.0, 0.2, 0.1], 0.1).is_err());
@@ -806,73 +727,15 @@ mod tests {
         assert_eq!(non_monotone_samples(&[]), 0);
     }
 
-    /// A two-model report on synthetic outcomes (for the tests here).
-    fn synthetic() -> Result<(Figure3Report, Figure3Outcomes)> {
-        let kind = DatasetKind::FashionMnist;
-        let models = vec!["CNN".to_string(), "E-ABS".to_string()];
-        let mut o = Figure3Outcomes {
-            samples: vec![3, 5, 9],
-            epsilons: BTreeMap::new(),
-            robust: BTreeMap::new(),
-        };
-        for &(name, norm) in &PANELS {
-            let grid = epsilon_grid(kind, norm, PresetName::Smoke);
-            let clean = vec![true, true, false];
-            let per: BTreeMap<String, Vec<Vec<bool>>> = models
-                .iter()
-                .enumerate()
-                .map(|(m, name)| {
-                    let mut rows = vec![clean.clone()];
-                    // CNN loses one sample per epsilon, E-ABS keeps its clean accuracy.
-                    rows.extend((1..grid.len()).map(|k| {
-                        (0..3)
-                            .map(|i| clean[i] && (m == 1 || i + k < 2))
-                            .collect::<Vec<_>>()
-                    }));
-                    (name.clone(), rows)
-                })
-                .collect();
-            o.epsilons.insert(name.into(), grid);
-            o.robust.insert(name.into(), per);
-        }
-        let prov = Provenance {
-            commit: "abc".into(),
-            preset: "smoke".into(),
-            seed: 0,
-            device: "cpu".into(),
-            hardware: Hardware::detect(),
-            started_unix: 0,
-            finished_unix: 1,
-            stages: vec![Stage {
-                name: "train CNN".into(),
-                seconds: 1.0,
-                commit: Some("abc".into()),
-                finished_unix: Some(1),
-            }],
-            command: "cargo xtask reproduce fig3".into(),
-        };
-        let report = Figure3Report {
-            figure: "fig3".into(),
-            dataset: kind.name().into(),
-            models: models.clone(),
-            samples: o.samples.clone(),
-            panels: panels(&o, &models, kind)?,
-            charts_have_text: plot::font().is_some(),
-            config: serde_json::json!({}),
-            provenance: prov,
-        };
-        Ok((report, o))
-    }
 
     #[test]
-    fn outputs_verify_and_tampering_is_caught() -> Result<()> {
+    fn data_verifies_and_tampering_is_caught() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let (report, outcomes) = synthetic()?;
-        let kind = DatasetKind::FashionMnist;
         assert_eq!(report.panels[0].curves[0].points[1].correct, 1);
         assert_eq!(report.panels[0].curves[1].points[3].correct, 2);
-        write_outputs(dir.path(), &report, &outcomes, kind)?;
-        super::super::plot::verify(dir.path())?;
+        write_data(dir.path(), &report, &outcomes)?;
+        verify_data(dir.path())?;
         let md = std::fs::read_to_string(dir.path().join("figure.md"))?;
         assert!(
             md.contains("| 0.1 * | 0.0% [0.0, 70.8] | 66.7% [9.4, 99.2] |"),
@@ -882,16 +745,9 @@ mod tests {
         // A flipped outcome no longer matches results.json.
         let mut bad = outcomes.clone();
         bad.robust.get_mut("l2").unwrap().get_mut("E-ABS").unwrap()[2][0] = false;
-        super::super::write_json(&dir.path().join("outcomes.json"), &bad)?;
-        let err = verify(dir.path()).expect_err("tampered outcomes must fail");
+        crate::write_json(&dir.path().join("outcomes.json"), &bad)?;
+        let err = verify_data(dir.path()).expect_err("tampered outcomes must fail");
         assert!(format!("{err:#}").contains("E-ABS on l2"), "{err:#}");
-        // A chart that lost a curve is caught.
-        write_outputs(dir.path(), &report, &outcomes, kind)?;
-        let svg_path = dir.path().join("fig3-linf.svg");
-        let svg = std::fs::read_to_string(&svg_path)?;
-        std::fs::write(&svg_path, svg.replace("#1F77B4", "#000001"))?;
-        let err = verify(dir.path()).expect_err("a chart without the CNN curve must fail");
-        assert!(format!("{err:#}").contains("CNN's curve"), "{err:#}");
         Ok(())
     }
 }

@@ -38,24 +38,22 @@ use eabs_attacks::{
     PgdConfig,
 };
 use eabs_core::{Classifier, Differentiable};
-use eabs_datasets::{load, Dataset, DatasetKind, Split};
-use eabs_models::{Family, ModelKind};
+use eabs_datasets::DatasetKind;
+use eabs_models::ModelKind;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::ablation::{
-    attack_fingerprint, inference_settings, insert_before_provenance, per_row_mcnemar,
-};
-use super::evaluate::{evaluate, select_subset, BatchResult};
-use super::preset::{train_config, EvalSizes, GradientFreeSizes};
-use super::provenance::{git_revision, unix_time, Provenance, Timer};
-use super::report::{add_all_row, build, to_markdown, write_outputs, Outcomes};
-use super::rows::{evaluate_clean, fixed, rows_of};
-use super::zoo::{attack_dataset, obtain, to_evaluated, Obtained};
-use super::ReproduceArgs;
+use crate::evaluate::BatchResult;
+use crate::experiment::{attack_fingerprint, inference_settings, Experiment};
+use crate::preset::{EvalSizes, GradientFreeSizes};
+use crate::report::{add_all_row, build, to_markdown, write_outputs, Outcomes};
+use crate::suite::{fixed, rows_of, AttackKind, AttackRow, RowKey};
+use crate::targets::ablation::{insert_before_provenance, per_row_mcnemar};
+use crate::zoo::to_evaluated;
+use crate::RunSpec;
 
 /// The columns: the control, then E-ABS.
 pub const MODEL_KINDS: [ModelKind; 2] = [ModelKind::Cnn, ModelKind::E_ABS];
@@ -63,16 +61,12 @@ pub const MODEL_KINDS: [ModelKind; 2] = [ModelKind::Cnn, ModelKind::E_ABS];
 /// Test images (outside the evaluation subset) from which Boundary's starting points are drawn.
 pub const POOL_SIZE: usize = 200;
 
-/// The attack rows, in order: (norm, attack).
-pub const ROWS: [(&str, &str); 3] = [("linf", "nes-pgd"), ("l2", "nes-pgd"), ("l2", "boundary")];
-
-fn norm_of(norm: &str) -> Norm {
-    if norm == "linf" {
-        Norm::Linf
-    } else {
-        Norm::L2
-    }
-}
+/// The attack rows, in order; their index seeds them ([`crate::seeds::gradient_free_attack`]).
+pub const ROWS: [AttackRow; 3] = [
+    AttackRow::new(Norm::Linf, AttackKind::NesPgd),
+    AttackRow::new(Norm::L2, AttackKind::NesPgd),
+    AttackRow::new(Norm::L2, AttackKind::Boundary),
+];
 
 /// A seeded random pool of `n` test indices that are not in `subset` (sorted), or all of them
 /// when fewer remain.
@@ -94,7 +88,7 @@ pub fn select_pool(n_test: usize, subset: &[usize], n: usize, seed: u64) -> Vec<
 /// as another class (a misclassified image of the same class) is allowed.
 ///
 /// `sample_seeds[i]` seeds the draw for sample `i`; the caller derives it from the run's seed and
-/// the sample's pixels ([`eabs_attacks::util::sample_seed`], as the attacks do), so a sample gets
+/// the sample's pixels ([`eabs_attacks::seeding::sample_seed`], as the attacks do), so a sample gets
 /// the same start whatever batch it is in and whether or not the run was resumed.
 pub fn choose_starting_points(
     labels: &[u32],
@@ -176,18 +170,19 @@ pub fn boundary_reach(clean_correct: &[bool], found: &[bool], distance: &[f64]) 
     }
 }
 
-/// Predictions on the pool images, in batches (through EOT for randomised models).
+/// Predictions on the pool images `(n, c, h, w)`, in batches (through EOT for randomised
+/// models).
 fn pool_predictions(
     model: &dyn Differentiable,
     eot_samples: usize,
-    test: &Dataset,
-    pool: &[usize],
+    pool_images: &Tensor,
     batch_size: usize,
-    device: &candle_core::Device,
 ) -> Result<Vec<u32>> {
-    let mut out = Vec::with_capacity(pool.len());
-    for chunk in pool.chunks(batch_size.max(1)) {
-        let xs = test.images_tensor(chunk, device)?;
+    let n = pool_images.dim(0)?;
+    let mut out = Vec::with_capacity(n);
+    let b = batch_size.max(1);
+    for start in (0..n).step_by(b) {
+        let xs = pool_images.narrow(0, start, b.min(n - start))?;
         let pred = if model.is_stochastic() {
             Eot::new(model, eot_samples)?.predict(&xs)?
         } else {
@@ -233,14 +228,11 @@ fn boundary<M: Classifier>(
 }
 
 /// Runs `reproduce gradient-free`; returns the results directory.
-pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
-    let started = unix_time();
-    let commit = git_revision(Path::new("."));
-    let device = args.device.device()?;
-    let (kind, dir_name) = args.experiment_dataset("gradient-free", DatasetKind::Svhn);
+pub fn run(spec: &RunSpec) -> Result<PathBuf> {
+    let (kind, dir_name) = spec.experiment_dataset("gradient-free", DatasetKind::Svhn);
     let gsizes = {
-        let mut g = GradientFreeSizes::of(args.preset);
-        if let Some(n) = args.samples {
+        let mut g = GradientFreeSizes::of(spec.preset);
+        if let Some(n) = spec.samples {
             g.n_samples = n;
         }
         g
@@ -249,99 +241,54 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     let sizes = EvalSizes {
         n_samples: gsizes.n_samples,
         batch_size: gsizes.batch_size,
-        ..EvalSizes::of(args.preset)
+        ..EvalSizes::of(spec.preset)
     };
-    let family = Family::from(kind);
-    let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
-    // One run per results folder: a second fails at once, naming the first.
-    let _lock = crate::lock::DirLock::acquire(&out_dir, "results folder")?;
-    let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
-    // Stage times survive interruptions: a resumed run reports every invocation's time.
-    let mut timer = Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?;
-    let data_dir = args.data_dir.as_deref();
-    let (train, val, test) = timer.stage("load data", || {
-        Ok((
-            load(kind, Split::Train, data_dir, args.seed)?,
-            load(kind, Split::Validation, data_dir, args.seed)?,
-            load(kind, Split::Test, data_dir, args.seed)?,
-        ))
-    })?;
-    let subset = select_subset(test.len(), gsizes.n_samples, args.seed)?;
-    // What the journals are bound to: the test images and labels, by content.
-    let test_sha256 = test.content_sha256();
-    let pool = select_pool(test.len(), &subset, POOL_SIZE, args.seed);
-    let pool_labels: Vec<u32> = pool.iter().map(|&i| test.labels[i] as u32).collect();
-    let ckpt_root = args.model_store(family);
-    let ds = attack_dataset(kind);
+    let mut exp = Experiment::open(spec, &dir_name, kind, gsizes.n_samples)?;
+    let ds = exp.attack_dataset;
+    let pool = select_pool(exp.test.len(), &exp.subset, POOL_SIZE, spec.seed);
+    let pool_labels: Vec<u32> = pool.iter().map(|&i| exp.test.labels[i] as u32).collect();
+    let pool_images = exp.test.images_tensor(&pool, &exp.device)?;
     let eval_fingerprint = attack_fingerprint(&sizes)?;
     let gf_fingerprint = attack_fingerprint(&gsizes)?;
 
     let names: Vec<String> = MODEL_KINDS.iter().map(|k| k.name().to_string()).collect();
-    let mut outcomes: Outcomes = BTreeMap::new();
+    let mut outcomes: Outcomes = Outcomes::new();
     let mut reach = BTreeMap::new();
     let mut model_config = Vec::new();
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
-        let Obtained { model, checkpoint } = obtain(
-            mk,
-            family,
-            args.preset,
-            args.seed,
-            &ckpt_root,
-            &train,
-            &val,
-            &device,
-            &mut timer,
-        )?;
-        let inference_seed = args.seed.wrapping_add(m_idx as u64);
+        let obtained = exp.obtain(mk)?;
         // A separate instance for the pool predictions: its call counter starts at zero on every
         // run, so a resumed run draws the same starting points as an uninterrupted one.
-        let pool_seed = args.seed.wrapping_add(0x9001).wrapping_add(m_idx as u64);
-        let evaluated = to_evaluated(model.clone(), &sizes, None, inference_seed)?;
-        let pool_model = to_evaluated(model, &sizes, None, pool_seed)?;
-        let clf = evaluated.classifier();
-        let stochastic = clf.is_stochastic();
-        let model_settings = serde_json::json!({
+        let pool_seed = crate::seeds::pool(spec.seed, m_idx);
+        let pool_model = to_evaluated(obtained.model.clone(), &sizes, None, pool_seed)?;
+        let mut column = exp.column(m_idx, mk.name(), obtained, &sizes, None)?;
+        column.settings = serde_json::json!({
             "model": mk.name(),
-            "train": train_config(args.preset, family, mk, args.seed),
-            "checkpoint_sha256": checkpoint.sha256,
-            "test_data_sha256": test_sha256,
-            "inference": inference_settings(&evaluated)?,
-            "inference_seed": inference_seed,
-            "seed": args.seed,
+            "train": exp.train_config(mk),
+            "checkpoint_sha256": column.checkpoint.sha256,
+            "test_data_sha256": exp.test_sha256,
+            "inference": inference_settings(&column.evaluated)?,
+            "inference_seed": column.inference_seed,
+            "seed": spec.seed,
         });
-        model_config.push(model_settings.clone());
-        let journal = |row: &str| journal_root.join(mk.name()).join(format!("{row}.jsonl"));
-        let label = format!("{} clean", mk.name());
-        let clean_correct = evaluate_clean(
-            &mut timer,
-            &label,
-            &journal("clean"),
-            &model_settings,
-            &test,
-            &subset,
-            sizes.batch_size,
-            &device,
-            clf,
-        )?;
+        model_config.push(column.settings.clone());
+        let clean_correct = exp.clean(&column, &sizes)?;
         outcomes
-            .entry(("none".into(), "clean".into()))
+            .entry(RowKey::Clean)
             .or_default()
             .insert(mk.name().into(), clean_correct.clone());
+        let clf = column.classifier();
+        let stochastic = clf.is_stochastic();
 
         let mut pool_preds: Option<Vec<u32>> = None;
-        for (r_idx, &(norm, attack)) in ROWS.iter().enumerate() {
-            let seed = args
-                .seed
-                .wrapping_mul(1000)
-                .wrapping_add(100 + r_idx as u64);
-            let eps = ds.epsilon(norm_of(norm));
-            let key = format!("{norm}-{attack}");
-            let label = format!("{} {norm} {attack}", mk.name());
+        for (r_idx, &row) in ROWS.iter().enumerate() {
+            let seed = crate::seeds::gradient_free_attack(spec.seed, r_idx);
+            let eps = ds.epsilon(row.norm);
             let pgd = PgdConfig {
                 steps: gsizes.nes_pgd_steps,
                 restarts: gsizes.nes_pgd_restarts,
                 seed,
-                ..PgdConfig::paper_estimated(norm_of(norm))
+                ..PgdConfig::paper_estimated(row.norm)
             };
             let estimator = EstimatorConfig {
                 samples: gsizes.nes_samples,
@@ -353,26 +300,27 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
                 seed,
                 ..BoundaryConfig::paper()
             };
-            let (n_eps, attack_settings) = if attack == "boundary" {
+            let is_boundary = row.attack == AttackKind::Boundary;
+            let (n_eps, attack_settings) = if is_boundary {
                 let s = serde_json::json!({
                     "boundary": boundary_cfg,
-                    "pool": { "size": POOL_SIZE, "seed": args.seed, "inference_seed": pool_seed },
+                    "pool": { "size": POOL_SIZE, "seed": spec.seed, "inference_seed": pool_seed },
                 });
                 (2, s)
             } else {
                 (1, serde_json::json!({ "pgd": pgd, "estimator": estimator }))
             };
             let settings = serde_json::json!({
-                "row": key,
+                "row": row.key(),
                 "epsilon": eps,
                 "attack": attack_settings,
                 "sizes": gf_fingerprint,
                 "eval_sizes": eval_fingerprint,
                 "eot": stochastic.then_some(sizes.eot_samples),
-                "model": model_settings,
+                "model": column.settings,
             });
             let mut run_batch = |xs: &Tensor, ys: &[u32]| -> Result<BatchResult> {
-                if attack == "nes-pgd" {
+                if !is_boundary {
                     return if stochastic {
                         let eot = Eot::new(clf, sizes.eot_samples)?;
                         nes_pgd(eot, &pgd, &estimator, xs, ys, eps)
@@ -385,22 +333,21 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
                         pool_predictions(
                             pool_model.classifier(),
                             sizes.eot_samples,
-                            &test,
-                            &pool,
+                            &pool_images,
                             sizes.batch_size,
-                            &device,
                         )
                         .context("classifying Boundary's starting-point pool")?,
                     );
                 }
                 let preds = pool_preds.as_deref().unwrap_or_default();
-                let sample_seeds: Vec<u64> = eabs_attacks::util::flat_rows_f32(xs)?
+                let sample_seeds: Vec<u64> = eabs_attacks::seeding::flat_rows_f32(xs)?
                     .iter()
-                    .map(|row| eabs_attacks::util::sample_seed(seed ^ 0x57A2_7000, row))
+                    .map(|row| eabs_attacks::seeding::sample_seed(seed ^ 0x57A2_7000, row))
                     .collect();
                 let picks = choose_starting_points(ys, &sample_seeds, &pool_labels, preds)?;
-                let pool_idx: Vec<usize> = picks.iter().map(|&p| pool[p]).collect();
-                let starts = test.images_tensor(&pool_idx, &device)?;
+                let picks: Vec<u32> = picks.iter().map(|&p| p as u32).collect();
+                let picks = Tensor::new(picks.as_slice(), pool_images.device())?;
+                let starts = pool_images.index_select(&picks, 0)?;
                 if stochastic {
                     let eot = Eot::new(clf, sizes.eot_samples)?;
                     boundary(eot, &boundary_cfg, starts, xs, ys, eps)
@@ -408,24 +355,21 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
                     boundary(clf, &boundary_cfg, starts, xs, ys, eps)
                 }
             };
-            let rec = timer.stage(&label, || {
-                evaluate(
-                    &journal(&key),
-                    &settings,
-                    &label,
-                    &test,
-                    &subset,
-                    n_eps,
-                    sizes.batch_size,
-                    &device,
-                    &mut run_batch,
-                )
-            })?;
+            let label = format!("{} {row}", mk.name());
+            let rec = exp.journaled(
+                mk.name(),
+                &row.key(),
+                &label,
+                &settings,
+                n_eps,
+                sizes.batch_size,
+                &mut run_batch,
+            )?;
             outcomes
-                .entry((norm.into(), attack.into()))
+                .entry(RowKey::Attack(row))
                 .or_default()
                 .insert(mk.name().into(), rec.iter().map(|r| r.robust[0]).collect());
-            if attack == "boundary" {
+            if is_boundary {
                 let found: Vec<bool> = rec.iter().map(|r| !r.robust[1]).collect();
                 let dist: Vec<f64> = rec.iter().map(|r| r.distance[1]).collect();
                 reach.insert(
@@ -435,38 +379,41 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
             }
         }
     }
-    add_all_row(&mut outcomes, "l2", &names)?;
+    add_all_row(&mut outcomes, Norm::L2, &names)?;
 
-    let mut order: Vec<(String, String, f64)> = vec![("none".into(), "clean".into(), 0.0)];
-    for (norm, attack) in ROWS {
-        order.push((norm.into(), attack.into(), ds.epsilon(norm_of(norm))));
+    let mut order: Vec<(RowKey, f64)> = vec![(RowKey::Clean, 0.0)];
+    for row in ROWS {
+        order.push((RowKey::Attack(row), ds.epsilon(row.norm)));
     }
-    order.push(("l2".into(), "all".into(), ds.l2_epsilon()));
+    order.push((RowKey::All(Norm::L2), ds.l2_epsilon()));
     let config = serde_json::json!({
         "experiment": "gradient-free",
         "dataset": kind.name(),
-        "preset": args.preset,
-        "seed": args.seed,
+        "preset": spec.preset,
+        "seed": spec.seed,
         "sizes": gsizes,
         "eval_sizes": sizes,
         "pool_size": POOL_SIZE,
         "epsilons": { "linf": ds.linf_epsilon(), "l2": ds.l2_epsilon() },
         "models": names,
         "model_settings": model_config,
-        "checkpoints": ckpt_root,
+        "checkpoints": exp.store,
     });
-    let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
+    let subset = exp.subset.clone();
+    let (provenance, out_dir, _lock) = exp.finish();
     let on_paper_dataset = kind == DatasetKind::Svhn;
-    let paper = |m: &str, n: &str, a: &str| {
+    let paper = |m: &str, row: RowKey| {
         on_paper_dataset
-            .then(|| crate::paper::paper_accuracy("gradient-free", m, n, a))
+            .then(|| {
+                crate::paper::paper_accuracy("gradient-free", m, row.norm_str(), row.attack_str())
+            })
             .flatten()
     };
     let report = build(
         "gradient-free",
         kind.name(),
         &names,
-        subset.clone(),
+        subset,
         &order,
         &outcomes,
         &paper,
@@ -478,7 +425,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         kind.name()
     );
     write_outputs(&out_dir, &report, &outcomes, &title)?;
-    super::write_json(&out_dir.join("boundary.json"), &reach)?;
+    crate::write_json(&out_dir.join("boundary.json"), &reach)?;
     let mut extra = per_row_mcnemar(&report);
     extra.push_str(&format!(
         "\n## Boundary attack: median L_2 distance reached (unclipped)\n\n\
@@ -498,7 +445,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
         ));
     }
     let md = insert_before_provenance(&to_markdown(&report, &title), &extra);
-    super::write_text(&out_dir.join("table.md"), &md)
+    crate::write_text(&out_dir.join("table.md"), &md)
         .with_context(|| format!("writing {}", out_dir.join("table.md").display()))?;
     Ok(out_dir)
 }
@@ -509,7 +456,7 @@ mod tests {
 
     #[test]
     fn pool_is_seeded_sorted_and_outside_the_subset() -> Result<()> {
-        let subset = select_subset(1000, 50, 3)?;
+        let subset = crate::select_subset(1000, 50, 3)?;
         let pool = select_pool(1000, &subset, 200, 3);
         assert_eq!(pool.len(), 200);
         assert!(pool.windows(2).all(|w| w[0] < w[1]));
@@ -582,7 +529,11 @@ mod tests {
     fn rows_match_the_papers_keys() {
         for (m, n, a, _) in crate::paper::GRADIENT_FREE {
             assert!(MODEL_KINDS.iter().any(|k| k.name() == m));
-            assert!(ROWS.contains(&(n, a)), "{n} {a}");
+            assert!(
+                ROWS.iter()
+                    .any(|r| RowKey::Attack(*r) == RowKey::parse(n, a).unwrap()),
+                "{n} {a}"
+            );
         }
     }
 }

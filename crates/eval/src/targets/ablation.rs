@@ -7,7 +7,7 @@
 //! training-time choices, V an inference-time one, so the eight columns come from four trained
 //! models (ABS, A-ABS, D-ABS and AD-ABS = E-ABS's training), each evaluated with both
 //! inference modes. ABS and E-ABS are trained in the checkpoint root of `reproduce table4`
-//! ([`super::zoo::checkpoint_root`]), so the two experiments share them.
+//! ([`crate::zoo::checkpoint_root`]), so the two experiments share them.
 //!
 //! # Inference per column (our decisions where the paper is silent)
 //! The paper states only exact versus variational inference. Everything else follows
@@ -27,7 +27,7 @@
 //!
 //! # Rows and statistics
 //! Clean accuracy and PGD at the dataset's L_inf and L_2 epsilons, with the settings of Tables
-//! 1-4 ([`super::rows::pgd_config`], same attack seeds). No "ALL" rows: each norm has one
+//! 1-4 ([`crate::suite::pgd_config`], same attack seeds). No "ALL" rows: each norm has one
 //! attack. McNemar's test between every pair of columns is computed per row; since the shared
 //! report renders matrices for "ALL" rows only, this module appends the per-row matrices to
 //! `table.md`.
@@ -35,20 +35,15 @@
 //! The paper's numbers are shown beside ours only on SVHN, the dataset they were measured on.
 
 use anyhow::{Context, Result};
-use eabs_attacks::Eot;
-use eabs_datasets::{load, DatasetKind, Split};
+use eabs_datasets::DatasetKind;
 use eabs_inference::LatentInference;
-use eabs_models::{Family, ModelKind, Variant};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use eabs_models::{ModelKind, Variant};
+use std::path::PathBuf;
 
-use super::evaluate::{evaluate, select_subset};
-use super::preset::{train_config, EvalSizes};
-use super::provenance::{git_revision, unix_time, Provenance, Timer};
-use super::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
-use super::rows::{evaluate_clean, row_config, run_row, RowSpec, ATTACK_ROWS};
-use super::zoo::{attack_dataset, obtain, to_evaluated, Evaluated, Obtained};
-use super::ReproduceArgs;
+use crate::experiment::{inference_settings, Experiment};
+use crate::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
+use crate::suite::{AttackKind, AttackRow, RowKey, ATTACK_ROWS};
+use crate::RunSpec;
 
 /// One column of Table 5: a trained variant (A, D) and its latent inference (V).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,38 +117,18 @@ pub fn trained_variants(columns: &[Column]) -> Vec<Variant> {
 
 /// Table 5's attack rows with their index in [`ATTACK_ROWS`], which seeds the attack as in
 /// Tables 1-4: PGD in L_inf, then in L_2.
-pub fn pgd_rows() -> Vec<(usize, RowSpec)> {
+pub fn pgd_rows() -> Vec<(usize, AttackRow)> {
     ATTACK_ROWS
         .iter()
         .copied()
         .enumerate()
-        .filter(|(_, r)| r.attack == "pgd")
+        .filter(|(_, r)| r.attack == AttackKind::Pgd)
         .collect()
-}
-
-/// The evaluation sizes that fingerprint an attack journal: all but the number of samples and
-/// the batch size, which the per-sample records check themselves.
-pub(super) fn attack_fingerprint(sizes: &impl serde::Serialize) -> Result<serde_json::Value> {
-    let mut v = serde_json::to_value(sizes)?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("n_samples");
-        o.remove("batch_size");
-    }
-    Ok(v)
-}
-
-/// The full inference configuration of an evaluated model (null for CNNs), for fingerprints
-/// and `config.json`.
-pub(super) fn inference_settings(e: &Evaluated) -> Result<serde_json::Value> {
-    Ok(match e {
-        Evaluated::Cnn(_) => serde_json::Value::Null,
-        Evaluated::Abs(a) => serde_json::to_value(a.inference().config())?,
-    })
 }
 
 /// Inserts `extra` sections into a table rendered by [`to_markdown`], before its provenance
 /// (or at the end if it has none).
-pub(super) fn insert_before_provenance(md: &str, extra: &str) -> String {
+pub fn insert_before_provenance(md: &str, extra: &str) -> String {
     match md.find("\n## Provenance") {
         Some(at) => format!("{}{extra}{}", &md[..at], &md[at..]),
         None => format!("{md}{extra}"),
@@ -162,7 +137,7 @@ pub(super) fn insert_before_provenance(md: &str, extra: &str) -> String {
 
 /// McNemar's p-value matrix of every row but the "ALL" rows, which the shared renderer shows
 /// already (Table 5 has none).
-pub(super) fn per_row_mcnemar(report: &TableReport) -> String {
+pub fn per_row_mcnemar(report: &TableReport) -> String {
     let mut s = String::new();
     for c in report.comparisons.iter().filter(|c| c.attack != "all") {
         let row = if c.norm == "none" {
@@ -170,7 +145,7 @@ pub(super) fn per_row_mcnemar(report: &TableReport) -> String {
         } else {
             format!(
                 "{} {}",
-                if c.norm == "linf" { "L_inf" } else { "L_2" },
+                crate::report::norm_title(&c.norm),
                 c.attack.to_uppercase()
             )
         };
@@ -185,161 +160,81 @@ pub(super) fn per_row_mcnemar(report: &TableReport) -> String {
 }
 
 /// Reproduces Table 5; returns the results directory.
-pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
-    let started = unix_time();
-    let commit = git_revision(Path::new("."));
-    let device = args.device.device()?;
-    let (kind, dir_name) = args.experiment_dataset("table5", DatasetKind::Svhn);
-    let sizes = {
-        let mut s = EvalSizes::of(args.preset);
-        if let Some(n) = args.samples {
-            s.n_samples = n;
-        }
-        s
-    };
-    let family = Family::from(kind);
-    let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
-    // One run per results folder: a second fails at once, naming the first.
-    let _lock = crate::lock::DirLock::acquire(&out_dir, "results folder")?;
-    let journal_root = out_dir.join("journal").join(format!("seed{}", args.seed));
-    // Stage times survive interruptions: a resumed run reports every invocation's time.
-    let mut timer = Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?;
-    let data_dir = args.data_dir.as_deref();
-    let (train, val, test) = timer.stage("load data", || {
-        Ok((
-            load(kind, Split::Train, data_dir, args.seed)?,
-            load(kind, Split::Validation, data_dir, args.seed)?,
-            load(kind, Split::Test, data_dir, args.seed)?,
-        ))
-    })?;
-    let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
-    // What the journals are bound to: the test images and labels, by content.
-    let test_sha256 = test.content_sha256();
-    let ckpt_root = args.model_store(family);
-    let ds = attack_dataset(kind);
-    let attack_sizes = attack_fingerprint(&sizes)?;
+pub fn run(spec: &RunSpec) -> Result<PathBuf> {
+    let (kind, dir_name) = spec.experiment_dataset("table5", DatasetKind::Svhn);
+    let sizes = spec.eval_sizes();
+    let mut exp = Experiment::open(spec, &dir_name, kind, sizes.n_samples)?;
+    let ds = exp.attack_dataset;
     let rows = pgd_rows();
 
     let names: Vec<String> = COLUMNS.iter().map(|c| c.name()).collect();
-    let mut outcomes: Outcomes = BTreeMap::new();
+    let mut outcomes: Outcomes = Outcomes::new();
     let mut column_config = Vec::new();
     for variant in trained_variants(&COLUMNS) {
         let mk = ModelKind::Abs(variant);
-        let Obtained { model, checkpoint } = obtain(
-            mk,
-            family,
-            args.preset,
-            args.seed,
-            &ckpt_root,
-            &train,
-            &val,
-            &device,
-            &mut timer,
-        )?;
-        for (c_idx, column) in COLUMNS.iter().enumerate() {
-            if column.variant != variant {
+        let obtained = exp.obtain(mk)?;
+        for (c_idx, spec_column) in COLUMNS.iter().enumerate() {
+            if spec_column.variant != variant {
                 continue;
             }
-            let name = column.name();
-            let inference_seed = args.seed.wrapping_add(c_idx as u64);
-            let evaluated = to_evaluated(model.clone(), &sizes, Some(column.mode), inference_seed)?;
-            let clf = evaluated.classifier();
-            let stochastic = clf.is_stochastic();
-            let model_settings = serde_json::json!({
+            let name = spec_column.name();
+            let mut column =
+                exp.column(c_idx, &name, obtained.clone(), &sizes, Some(spec_column.mode))?;
+            // Table 5's journals are bound to the column and its full inference settings.
+            column.settings = serde_json::json!({
                 "column": name,
-                "model": column.kind().name(),
-                "train": train_config(args.preset, family, mk, args.seed),
-            "checkpoint_sha256": checkpoint.sha256,
-            "test_data_sha256": test_sha256,
-                "inference": inference_settings(&evaluated)?,
-                "inference_seed": inference_seed,
-                "seed": args.seed,
+                "model": mk.name(),
+                "train": exp.train_config(mk),
+                "checkpoint_sha256": column.checkpoint.sha256,
+                "test_data_sha256": exp.test_sha256,
+                "inference": inference_settings(&column.evaluated)?,
+                "inference_seed": column.inference_seed,
+                "seed": spec.seed,
             });
-            column_config.push(model_settings.clone());
-            let journal = |row: &str| journal_root.join(&name).join(format!("{row}.jsonl"));
-            let label = format!("{name} clean");
-            let clean = evaluate_clean(
-                &mut timer,
-                &label,
-                &journal("clean"),
-                &model_settings,
-                &test,
-                &subset,
-                sizes.batch_size,
-                &device,
-                clf,
-            )?;
+            column_config.push(column.settings.clone());
+            let clean = exp.clean(&column, &sizes)?;
             outcomes
-                .entry(("none".into(), "clean".into()))
+                .entry(RowKey::Clean)
                 .or_default()
                 .insert(name.clone(), clean);
             for &(r_idx, row) in &rows {
-                let label = format!("{name} {} {}", row.norm, row.attack);
-                let seed = args.seed.wrapping_mul(1000).wrapping_add(r_idx as u64);
-                let key = format!("{}-{}", row.norm, row.attack);
-                let rec = timer.stage(&label, || {
-                    evaluate(
-                        &journal(&key),
-                        &serde_json::json!({
-                            "row": key,
-                            "epsilon": ds.epsilon(row.norm()),
-                            "attack_seed": seed,
-                            "attack": row_config(row, &sizes, ds, seed)?,
-                            "sizes": attack_sizes,
-                            "eot": stochastic,
-                            "model": model_settings,
-                        }),
-                        &label,
-                        &test,
-                        &subset,
-                        1,
-                        sizes.batch_size,
-                        &device,
-                        &mut |xs, ys| {
-                            if stochastic {
-                                let eot = Eot::new(clf, sizes.eot_samples)?;
-                                run_row(row, &sizes, ds, &eot, xs, ys, seed)
-                            } else {
-                                run_row(row, &sizes, ds, clf, xs, ys, seed)
-                            }
-                        },
-                    )
-                })?;
+                let robust = exp.suite_row(&column, row, r_idx, &sizes)?;
                 outcomes
-                    .entry((row.norm.into(), row.attack.into()))
+                    .entry(RowKey::Attack(row))
                     .or_default()
-                    .insert(name.clone(), rec.iter().map(|r| r.robust[0]).collect());
+                    .insert(name.clone(), robust);
             }
         }
     }
 
-    let mut order: Vec<(String, String, f64)> = vec![("none".into(), "clean".into(), 0.0)];
+    let mut order: Vec<(RowKey, f64)> = vec![(RowKey::Clean, 0.0)];
     for (_, row) in &rows {
-        order.push((row.norm.into(), row.attack.into(), ds.epsilon(row.norm())));
+        order.push((RowKey::Attack(*row), ds.epsilon(row.norm)));
     }
     let config = serde_json::json!({
         "table": "table5",
         "dataset": kind.name(),
-        "preset": args.preset,
-        "seed": args.seed,
+        "preset": spec.preset,
+        "seed": spec.seed,
         "sizes": sizes,
         "epsilons": { "linf": ds.linf_epsilon(), "l2": ds.l2_epsilon() },
         "models": names,
         "columns": column_config,
-        "checkpoints": ckpt_root,
+        "checkpoints": exp.store,
     });
-    let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
+    let subset = exp.subset.clone();
+    let (provenance, out_dir, _lock) = exp.finish();
     let on_paper_dataset = kind == DatasetKind::Svhn;
-    let paper = |m: &str, n: &str, a: &str| {
+    let paper = |m: &str, row: RowKey| {
         on_paper_dataset
-            .then(|| crate::paper::paper_accuracy("table5", m, n, a))
+            .then(|| crate::paper::paper_accuracy("table5", m, row.norm_str(), row.attack_str()))
             .flatten()
     };
     let report = build(
         "table5",
         kind.name(),
         &names,
-        subset.clone(),
+        subset,
         &order,
         &outcomes,
         &paper,
@@ -356,7 +251,7 @@ pub fn run(args: &ReproduceArgs, command: &str) -> Result<PathBuf> {
     };
     write_outputs(&out_dir, &report, &outcomes, &title)?;
     let md = insert_before_provenance(&to_markdown(&report, &title), &per_row_mcnemar(&report));
-    super::write_text(&out_dir.join("table.md"), &md)
+    crate::write_text(&out_dir.join("table.md"), &md)
         .with_context(|| format!("writing {}", out_dir.join("table.md").display()))?;
     Ok(out_dir)
 }
@@ -394,14 +289,17 @@ mod tests {
         // The ABS and E-ABS columns use the inference Tables 1-4 use for those models.
         for n in ["ABS", "E-ABS"] {
             let c = by_name(n);
-            assert_eq!(c.mode, super::super::zoo::default_inference(c.variant));
+            assert_eq!(c.mode, crate::zoo::default_inference(c.variant));
         }
     }
 
     #[test]
     fn rows_are_clean_then_pgd_in_each_norm() {
         let rows = pgd_rows();
-        let keys: Vec<(&str, &str)> = rows.iter().map(|(_, r)| (r.norm, r.attack)).collect();
+        let keys: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|(_, r)| (RowKey::Attack(*r).norm_str(), r.attack.as_str()))
+            .collect();
         assert_eq!(keys, crate::paper::TABLE5_ROWS[1..]);
         // The attack seeds index Tables 1-4's rows.
         assert!(rows.iter().all(|(i, r)| ATTACK_ROWS[*i].attack == r.attack));
@@ -409,8 +307,8 @@ mod tests {
 
     #[test]
     fn fingerprint_drops_sample_count_and_batch_size_only() -> Result<()> {
-        let sizes = EvalSizes::of(super::super::preset::PresetName::Smoke);
-        let v = attack_fingerprint(&sizes)?;
+        let sizes = crate::EvalSizes::of(crate::Preset::Smoke);
+        let v = crate::experiment::attack_fingerprint(&sizes)?;
         assert!(v.get("n_samples").is_none() && v.get("batch_size").is_none());
         assert_eq!(v["pgd_steps"], serde_json::json!(sizes.pgd_steps));
         assert_eq!(v["eot_samples"], serde_json::json!(sizes.eot_samples));
@@ -419,7 +317,7 @@ mod tests {
 
     #[test]
     fn per_row_mcnemar_renders_every_row() -> Result<()> {
-        let (report, _) = super::super::report::tests::small_report()?;
+        let (report, _) = crate::report::tests::small_report()?;
         let md = per_row_mcnemar(&report);
         assert!(md.contains("p-values, clean"), "{md}");
         assert!(md.contains("p-values, L_inf PGD"), "{md}");

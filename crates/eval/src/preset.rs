@@ -2,15 +2,14 @@
 //! candidates), never the algorithm: `paper` is the paper's exact protocol, `quick` a real CPU
 //! run, `smoke` a CI-sized run of the whole pipeline.
 
-use clap::ValueEnum;
 use eabs_inference::InferenceConfig;
 use eabs_models::{Family, ModelKind, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 /// Preset name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PresetName {
+pub enum Preset {
     /// CI-sized: seconds to minutes for a whole table.
     Smoke,
     /// A real CPU run on 2 cores.
@@ -19,13 +18,34 @@ pub enum PresetName {
     Paper,
 }
 
-impl PresetName {
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "smoke" => Ok(Preset::Smoke),
+            "quick" => Ok(Preset::Quick),
+            "paper" => Ok(Preset::Paper),
+            other => Err(format!("unknown preset `{other}` (smoke, quick or paper)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Preset {
+    /// All three, smallest first.
+    pub const ALL: [Preset; 3] = [Preset::Smoke, Preset::Quick, Preset::Paper];
+
     /// Lower-case name used in paths.
     pub fn as_str(self) -> &'static str {
         match self {
-            PresetName::Smoke => "smoke",
-            PresetName::Quick => "quick",
-            PresetName::Paper => "paper",
+            Preset::Smoke => "smoke",
+            Preset::Quick => "quick",
+            Preset::Paper => "paper",
         }
     }
 }
@@ -62,9 +82,9 @@ pub struct EvalSizes {
 
 impl EvalSizes {
     /// The sizes of `preset`.
-    pub fn of(preset: PresetName) -> Self {
+    pub fn of(preset: Preset) -> Self {
         match preset {
-            PresetName::Paper => Self {
+            Preset::Paper => Self {
                 n_samples: 1000,
                 batch_size: 100,
                 pgd_steps: 80,
@@ -84,7 +104,7 @@ impl EvalSizes {
             // Adam updates, so a run with 10 updates, 50 noise levels and 5 x 20 CW steps took
             // 3 hours. Halving the updates and cutting the two longest searches (noise, CW)
             // brings E-ABS's eight rows to about half an hour.
-            PresetName::Quick => Self {
+            Preset::Quick => Self {
                 n_samples: 100,
                 batch_size: 50,
                 pgd_steps: 20,
@@ -101,7 +121,7 @@ impl EvalSizes {
                 n_candidates: 1000,
                 n_adam_steps: 5,
             },
-            PresetName::Smoke => Self {
+            Preset::Smoke => Self {
                 n_samples: 8,
                 batch_size: 8,
                 pgd_steps: 3,
@@ -154,9 +174,9 @@ pub struct GradientFreeSizes {
 
 impl GradientFreeSizes {
     /// The sizes of `preset`.
-    pub fn of(preset: PresetName) -> Self {
+    pub fn of(preset: Preset) -> Self {
         match preset {
-            PresetName::Paper => Self {
+            Preset::Paper => Self {
                 n_samples: 1000,
                 batch_size: 100,
                 boundary_steps: 100_000,
@@ -170,7 +190,7 @@ impl GradientFreeSizes {
             // 250 x 1.1 x 2 = 550 of Boundary: roughly 50 minutes for 20 images, the CNN a
             // minute. Too few to be conclusive on their own; the CNN column says whether they
             // suffice to break an undefended model.
-            PresetName::Quick => Self {
+            Preset::Quick => Self {
                 n_samples: 20,
                 batch_size: 10,
                 boundary_steps: 250,
@@ -179,7 +199,7 @@ impl GradientFreeSizes {
                 nes_samples: 10,
             },
             // Two batches, so that journaling across batches is exercised.
-            PresetName::Smoke => Self {
+            Preset::Smoke => Self {
                 n_samples: 4,
                 batch_size: 2,
                 boundary_steps: 20,
@@ -192,11 +212,11 @@ impl GradientFreeSizes {
 }
 
 /// Training configuration of `kind` on `family` under `preset`, with the run's seed.
-pub fn train_config(preset: PresetName, family: Family, kind: ModelKind, seed: u64) -> TrainConfig {
+pub fn train_config(preset: Preset, family: Family, kind: ModelKind, seed: u64) -> TrainConfig {
     let c = match preset {
-        PresetName::Paper => TrainConfig::paper(family, kind),
-        PresetName::Quick => TrainConfig::quick(family, kind),
-        PresetName::Smoke => TrainConfig::smoke(family, kind),
+        Preset::Paper => TrainConfig::paper(family, kind),
+        Preset::Quick => TrainConfig::quick(family, kind),
+        Preset::Smoke => TrainConfig::smoke(family, kind),
     };
     TrainConfig { seed, ..c }
 }

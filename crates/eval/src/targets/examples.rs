@@ -24,49 +24,28 @@
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use eabs_attacks::{
-    clip_to_ball, validate_inputs, Criterion, Eot, FixedEpsilonAttack, Norm, Pgd, PgdConfig,
-};
+use eabs_attacks::{clip_to_ball, validate_inputs, Criterion, FixedEpsilonAttack, Norm, Pgd, PgdConfig};
 use eabs_core::Differentiable;
-use eabs_datasets::{load, DatasetKind, Split};
-use eabs_models::{Family, ModelKind};
+use eabs_datasets::DatasetKind;
+use eabs_models::ModelKind;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::evaluate::select_subset;
-use super::plot::{self, GridLayout};
-use super::preset::{train_config, EvalSizes, PresetName};
-use super::provenance::{git_revision, unix_time, Provenance, Timer};
-use super::rows::pgd_config;
-use super::table::MODEL_KINDS;
-use super::zoo::{attack_dataset, obtain, to_evaluated, Obtained};
-use super::ReproduceArgs;
+use crate::experiment::{with_eot, Experiment};
+use crate::lock::DirLock;
+use crate::preset::Preset;
+use crate::provenance::Provenance;
+use crate::suite::pgd_config;
+use crate::targets::figure3::pgd_seed;
+use crate::targets::table::column_of;
+use crate::RunSpec;
 
 /// Columns of the paper's figures (and of `quick`); `smoke` shows four.
-pub fn n_columns(preset: PresetName) -> usize {
+pub fn n_columns(preset: Preset) -> usize {
     match preset {
-        PresetName::Smoke => 4,
-        PresetName::Quick | PresetName::Paper => 10,
-    }
-}
-
-/// Layout of the grid: 4x nearest-neighbour, 2-pixel separators, a 6-pixel success bar.
-pub fn layout(shape: (usize, usize, usize)) -> GridLayout {
-    GridLayout {
-        shape,
-        scale: 4,
-        sep: 2,
-        mark_height: 6,
-    }
-}
-
-/// Bar colour under a column whose attack succeeded (tab10 red) or failed (tab10 green).
-pub fn mark(success: bool) -> [u8; 3] {
-    if success {
-        [214, 39, 40]
-    } else {
-        [44, 160, 44]
+        Preset::Smoke => 4,
+        Preset::Quick | Preset::Paper => 10,
     }
 }
 
@@ -149,94 +128,52 @@ fn attack_batch<M: Differentiable + ?Sized>(
     Ok((adv, pred[..b].to_vec(), pred[b..].to_vec(), l2, linf))
 }
 
-/// Runs `cargo xtask reproduce fig4` (`default` MNIST) or `fig5` (`default` SVHN).
-pub fn run(figure: &str, default: DatasetKind, args: &ReproduceArgs, command: &str) -> Result<()> {
-    let dir = reproduce(figure, default, args, command)?;
-    println!("{}", std::fs::read_to_string(dir.join("figure.md"))?);
-    println!("results written to {}", dir.display());
-    Ok(())
+/// A finished Figure 4 / 5 run, not yet written: the report and the clean and adversarial
+/// images `(n, c, h, w)`, for the caller to draw the grid and call [`write_data`].
+pub struct ExamplesRun {
+    /// `results.json`.
+    pub report: ExamplesReport,
+    /// Clean images.
+    pub clean: Tensor,
+    /// Their adversarials.
+    pub adversarial: Tensor,
+    /// The results folder.
+    pub out_dir: PathBuf,
+    /// Held until the outputs are written.
+    pub lock: DirLock,
 }
 
-fn reproduce(
-    figure: &str,
-    default: DatasetKind,
-    args: &ReproduceArgs,
-    command: &str,
-) -> Result<PathBuf> {
-    let started = unix_time();
-    let commit = git_revision(Path::new("."));
-    let (kind, dir_name) = args.experiment_dataset(figure, default);
-    let device = args.device.device()?;
-    let sizes = {
-        let mut s = EvalSizes::of(args.preset);
-        if let Some(n) = args.samples {
-            s.n_samples = n;
-        }
-        s
-    };
-    let family = Family::from(kind);
-    let ds = attack_dataset(kind);
-    let data_dir = args.data_dir.as_deref();
-    let out_dir = args.out.join(&dir_name).join(args.preset.as_str());
-    // One run per results folder: a second fails at once, naming the first.
-    let _lock = crate::lock::DirLock::acquire(&out_dir, "results folder")?;
-    let ckpt_root = args.model_store(family);
-    let mut timer = Timer::new();
-    let (train, val, test) = timer.stage("load data", || {
-        Ok((
-            load(kind, Split::Train, data_dir, args.seed)?,
-            load(kind, Split::Validation, data_dir, args.seed)?,
-            load(kind, Split::Test, data_dir, args.seed)?,
-        ))
-    })?;
+/// Computes Figure 4 (`figure` `fig4`, `default` MNIST) or 5 (`fig5`, SVHN) for `spec`.
+pub fn run(figure: &str, default: DatasetKind, spec: &RunSpec) -> Result<ExamplesRun> {
+    let (kind, dir_name) = spec.experiment_dataset(figure, default);
+    let sizes = spec.eval_sizes();
+    // Nothing is journaled: a rerun recomputes the same images, and its stages are its own.
+    let mut exp = Experiment::open_with(spec, &dir_name, kind, sizes.n_samples, false)?;
+    let ds = exp.attack_dataset;
     // The tables' evaluation subset; the figure shows its first columns.
-    let subset = select_subset(test.len(), sizes.n_samples, args.seed)?;
-    // What the journals are bound to: the test images and labels, by content.
-    let test_sha256 = test.content_sha256();
-    let idx: Vec<usize> = subset[..n_columns(args.preset).min(subset.len())].to_vec();
+    let idx: Vec<usize> = exp.subset[..n_columns(spec.preset).min(exp.subset.len())].to_vec();
 
     let mk = ModelKind::E_ABS;
-    let m_idx = MODEL_KINDS
-        .iter()
-        .position(|&k| k == mk)
-        .context("E-ABS is not a column of the tables")?;
-    let Obtained { model, checkpoint } = obtain(
-        mk,
-        family,
-        args.preset,
-        args.seed,
-        &ckpt_root,
-        &train,
-        &val,
-        &device,
-        &mut timer,
-    )?;
-    let evaluated = to_evaluated(model, &sizes, None, args.seed.wrapping_add(m_idx as u64))?;
-    let clf = evaluated.classifier();
-    let stochastic = clf.is_stochastic();
+    let m_idx = column_of(mk).context("E-ABS is not a column of the tables")?;
+    let obtained = exp.obtain(mk)?;
+    let column = exp.column(m_idx, mk.name(), obtained, &sizes, None)?;
+    let clf = column.classifier();
+    let stochastic = column.is_stochastic();
     let eot_samples = if stochastic { sizes.eot_samples } else { 1 };
-    let pgd = pgd_config(
-        &sizes,
-        ds,
-        Norm::L2,
-        super::figure3::pgd_seed(args.seed, "l2")?,
-    );
+    let pgd = pgd_config(&sizes, ds, Norm::L2, pgd_seed(spec.seed, Norm::L2)?);
     let eps = ds.epsilon(Norm::L2);
-    let labels: Vec<u32> = idx.iter().map(|&i| u32::from(test.labels[i])).collect();
-    let xs = test.images_tensor(&idx, &device)?;
+    let labels: Vec<u32> = idx.iter().map(|&i| u32::from(exp.test.labels[i])).collect();
+    let xs = exp.test.images_tensor(&idx, &exp.device)?;
 
     let label = format!("{} l2 pgd, {} images", mk.name(), idx.len());
-    let (adv, clean_pred, adv_pred, l2, linf) = timer.stage(&label, || {
+    let (adv, clean_pred, adv_pred, l2, linf) = exp.timer.stage(&label, || {
         let mut parts = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (k, chunk) in idx.chunks(sizes.batch_size.max(1)).enumerate() {
             let start = k * sizes.batch_size.max(1);
             let xb = xs.narrow(0, start, chunk.len())?;
             let lb = &labels[start..start + chunk.len()];
-            let (a, cp, ap, d2, di) = if stochastic {
-                attack_batch(&Eot::new(clf, sizes.eot_samples)?, &xb, lb, &pgd, eps)?
-            } else {
-                attack_batch(clf, &xb, lb, &pgd, eps)?
-            };
+            let (a, cp, ap, d2, di) =
+                with_eot(clf, sizes.eot_samples, |m| attack_batch(m, &xb, lb, &pgd, eps))?;
             parts.0.push(a);
             parts.1.extend(cp);
             parts.2.extend(ap);
@@ -256,7 +193,8 @@ fn reproduce(
             column: j,
             test_index: idx[j],
             label: labels[j],
-            label_name: test
+            label_name: exp
+                .test
                 .class_names
                 .get(labels[j] as usize)
                 .cloned()
@@ -269,25 +207,25 @@ fn reproduce(
         })
         .collect();
 
-    let shape = test.image_shape();
+    let shape = exp.test.image_shape();
     let config = serde_json::json!({
         "figure": figure,
         "dataset": kind.name(),
-        "preset": args.preset,
-        "seed": args.seed,
+        "preset": spec.preset,
+        "seed": spec.seed,
         "sizes": sizes,
         "columns": idx.len(),
         "epsilon": eps,
         "pgd": pgd,
         "eot_samples": eot_samples,
         "model": mk.name(),
-        "inference_seed": args.seed.wrapping_add(m_idx as u64),
-        "train": train_config(args.preset, family, mk, args.seed),
-            "checkpoint": checkpoint,
-            "test_data_sha256": test_sha256,
-        "checkpoints": ckpt_root,
+        "inference_seed": column.inference_seed,
+        "train": exp.train_config(mk),
+        "checkpoint": column.checkpoint,
+        "test_data_sha256": exp.test_sha256,
+        "checkpoints": exp.store,
     });
-    let provenance = Provenance::of_reproduce(commit, args, started, timer, command);
+    let (provenance, out_dir, lock) = exp.finish();
     let report = ExamplesReport {
         figure: figure.into(),
         dataset: kind.name().into(),
@@ -301,27 +239,13 @@ fn reproduce(
         config,
         provenance,
     };
-    write_outputs(&out_dir, &report, &xs, &adv)?;
-    Ok(out_dir)
-}
-
-/// The grid: clean images above their adversarials, a success bar under each column.
-fn grid_png(report: &ExamplesReport, clean: &Tensor, adv: &Tensor) -> Result<Vec<u8>> {
-    let n = report.columns.len();
-    let clean = clean.flatten_from(1)?.to_vec2::<f32>()?;
-    let adv = adv.flatten_from(1)?.to_vec2::<f32>()?;
-    ensure!(
-        clean.len() == n && adv.len() == n,
-        "{} clean and {} adversarial images for {n} columns",
-        clean.len(),
-        adv.len()
-    );
-    let rows: Vec<Vec<&[f32]>> = vec![
-        clean.iter().map(|v| v.as_slice()).collect(),
-        adv.iter().map(|v| v.as_slice()).collect(),
-    ];
-    let marks: Vec<[u8; 3]> = report.columns.iter().map(|c| mark(c.success)).collect();
-    plot::encode_png(&plot::image_grid(&rows, layout(report.shape), &marks)?)
+    Ok(ExamplesRun {
+        report,
+        clean: xs,
+        adversarial: adv,
+        out_dir,
+        lock,
+    })
 }
 
 /// Renders `figure.md`: the caption, the image, and one table row per column.
@@ -353,7 +277,7 @@ pub fn to_markdown(r: &ExamplesReport) -> String {
         r.dataset,
         r.model,
         r.image,
-        plot::trim_number(r.epsilon),
+        crate::report::trim_number(r.epsilon),
         r.pgd.steps,
         r.pgd.restarts,
         r.model,
@@ -391,8 +315,9 @@ pub fn to_markdown(r: &ExamplesReport) -> String {
     s
 }
 
-/// Writes the grid, the images, `results.json` and `figure.md`, each atomically.
-fn write_outputs(dir: &Path, report: &ExamplesReport, clean: &Tensor, adv: &Tensor) -> Result<()> {
+/// Writes the images (`adversarials.safetensors`), `results.json` and `figure.md`, each
+/// atomically; the caller writes the grid image the Markdown links.
+pub fn write_data(dir: &Path, report: &ExamplesReport, clean: &Tensor, adv: &Tensor) -> Result<()> {
     let cpu = Device::Cpu;
     let n = report.columns.len();
     let u32s = |v: Vec<u32>| Tensor::from_vec(v, n, &cpu);
@@ -427,16 +352,16 @@ fn write_outputs(dir: &Path, report: &ExamplesReport, clean: &Tensor, adv: &Tens
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    super::provenance::write_atomic(&dir.join(&report.image), &grid_png(report, clean, adv)?)?;
-    super::write_json(&dir.join("results.json"), report)?;
-    super::write_text(&dir.join("figure.md"), &to_markdown(report))
+    crate::write_json(&dir.join("results.json"), report)?;
+    crate::write_text(&dir.join("figure.md"), &to_markdown(report))
 }
 
-/// `verify-results` for a Figure 4 / 5 directory: the files present and well-formed; the saved
-/// images consistent with `results.json` (shapes, labels, test indices, in [0, 1]); every
-/// distance recomputed and within the epsilon; success equal to "prediction != label"; and the
-/// PNG pixel-identical to the grid redrawn from the saved images.
-pub fn verify(dir: &Path) -> Result<()> {
+/// The data half of `verify-results` for a Figure 4 / 5 directory: the files present and
+/// well-formed; the saved images consistent with `results.json` (shapes, labels, test indices,
+/// in [0, 1]); every distance recomputed and within the epsilon; success equal to "prediction
+/// != label". Returns the report and the saved clean and adversarial images, from which the
+/// caller redraws the grid to compare with the PNG.
+pub fn verify_data(dir: &Path) -> Result<(ExamplesReport, Tensor, Tensor)> {
     let results = dir.join("results.json");
     let text = std::fs::read_to_string(&results)
         .with_context(|| format!("reading {}", results.display()))?;
@@ -513,100 +438,84 @@ pub fn verify(dir: &Path) -> Result<()> {
             r.epsilon
         );
     }
-    let png_path = dir.join(&r.image);
-    let png = image::open(&png_path)
-        .with_context(|| format!("decoding {}", png_path.display()))?
-        .to_rgb8();
-    let redrawn = image::load_from_memory(&grid_png(&r, clean, adv)?)?.to_rgb8();
-    ensure!(
-        png == redrawn,
-        "{} is not the grid of the saved images ({}x{} vs {}x{} pixels, or other pixels)",
-        png_path.display(),
-        png.width(),
-        png.height(),
-        redrawn.width(),
-        redrawn.height()
-    );
     ensure!(
         !r.provenance.commit.is_empty() && !r.provenance.stages.is_empty(),
         "results.json has no commit or no stage wall times in its provenance"
     );
-    println!(
-        "{}: complete and consistent ({}, {n} columns, {} attacks succeeded)",
-        dir.display(),
-        r.figure,
-        r.columns.iter().filter(|c| c.success).count()
-    );
-    Ok(())
+    Ok((r, clean.clone(), adv.clone()))
+}
+
+/// A small synthetic result (no model involved), for tests of code that renders or checks
+/// these results, here and in the tools built on them: two columns of 1x2x2 images, column 0
+/// moved by 0.3 in one pixel (L_2 0.3), column 1 unchanged.
+#[doc(hidden)]
+pub fn synthetic() -> Result<(ExamplesReport, Tensor, Tensor)> {
+    use crate::provenance::{Hardware, Stage};
+    let cpu = Device::Cpu;
+    let clean = Tensor::from_vec(
+        vec![0.0f32, 0.5, 1.0, 0.25, 0.1, 0.2, 0.3, 0.4],
+        (2, 1, 2, 2),
+        &cpu,
+    )?;
+    let adv = Tensor::from_vec(
+        vec![0.3f32, 0.5, 1.0, 0.25, 0.1, 0.2, 0.3, 0.4],
+        (2, 1, 2, 2),
+        &cpu,
+    )?;
+    let col = |j: usize, pred: u32, d: f64| Column {
+        column: j,
+        test_index: 10 * j + 7,
+        label: 3,
+        label_name: "Dress".into(),
+        clean_prediction: 3,
+        adversarial_prediction: pred,
+        l2_distance: d,
+        linf_distance: d,
+        success: pred != 3,
+    };
+    let report = ExamplesReport {
+        figure: "fig4".into(),
+        dataset: "fashion-mnist".into(),
+        model: "E-ABS".into(),
+        epsilon: 1.5,
+        pgd: PgdConfig::paper(Norm::L2, 1),
+        eot_samples: 2,
+        shape: (1, 2, 2),
+        columns: vec![col(0, 6, 0.3), col(1, 3, 0.0)],
+        image: "fig4.png".into(),
+        config: serde_json::json!({}),
+        provenance: Provenance {
+            commit: "abc".into(),
+            preset: "smoke".into(),
+            seed: 0,
+            device: "cpu".into(),
+            hardware: Hardware::detect(),
+            started_unix: 0,
+            finished_unix: 1,
+            stages: vec![Stage {
+                name: "E-ABS l2 pgd".into(),
+                seconds: 1.0,
+                commit: Some("abc".into()),
+                finished_unix: Some(1),
+            }],
+            command: "cargo xtask reproduce fig4".into(),
+        },
+    };
+    Ok((report, clean, adv))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reproduce::provenance::{Hardware, Stage};
 
-    /// A two-column report on 1x2x2 images: column 0 moved by 0.3 in one pixel (L_2 0.3),
-    /// column 1 unchanged.
-    fn synthetic() -> Result<(ExamplesReport, Tensor, Tensor)> {
-        let cpu = Device::Cpu;
-        let clean = Tensor::from_vec(
-            vec![0.0f32, 0.5, 1.0, 0.25, 0.1, 0.2, 0.3, 0.4],
-            (2, 1, 2, 2),
-            &cpu,
-        )?;
-        let adv = Tensor::from_vec(
-            vec![0.3f32, 0.5, 1.0, 0.25, 0.1, 0.2, 0.3, 0.4],
-            (2, 1, 2, 2),
-            &cpu,
-        )?;
-        let col = |j: usize, pred: u32, d: f64| Column {
-            column: j,
-            test_index: 10 * j + 7,
-            label: 3,
-            label_name: "Dress".into(),
-            clean_prediction: 3,
-            adversarial_prediction: pred,
-            l2_distance: d,
-            linf_distance: d,
-            success: pred != 3,
-        };
-        let report = ExamplesReport {
-            figure: "fig4".into(),
-            dataset: "fashion-mnist".into(),
-            model: "E-ABS".into(),
-            epsilon: 1.5,
-            pgd: PgdConfig::paper(Norm::L2, 1),
-            eot_samples: 2,
-            shape: (1, 2, 2),
-            columns: vec![col(0, 6, 0.3), col(1, 3, 0.0)],
-            image: "fig4.png".into(),
-            config: serde_json::json!({}),
-            provenance: Provenance {
-                commit: "abc".into(),
-                preset: "smoke".into(),
-                seed: 0,
-                device: "cpu".into(),
-                hardware: Hardware::detect(),
-                started_unix: 0,
-                finished_unix: 1,
-                stages: vec![Stage {
-                    name: "E-ABS l2 pgd".into(),
-                    seconds: 1.0,
-                    commit: Some("abc".into()),
-                    finished_unix: Some(1),
-                }],
-                command: "cargo xtask reproduce fig4".into(),
-            },
-        };
-        Ok((report, clean, adv))
-    }
 
     #[test]
-    fn outputs_verify_and_tampering_is_caught() -> Result<()> {
+    fn data_verifies_and_tampering_is_caught() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let (report, clean, adv) = synthetic()?;
-        write_outputs(dir.path(), &report, &clean, &adv)?;
-        super::super::plot::verify(dir.path())?;
+        write_data(dir.path(), &report, &clean, &adv)?;
+        std::fs::write(dir.path().join("fig4.png"), b"drawn by the caller")?;
+        verify_data(dir.path())?;
         let md = std::fs::read_to_string(dir.path().join("figure.md"))?;
         assert!(
             md.contains("| 1 | 7 | 3 (Dress) | 3 | 6 | 0.300 | 0.300 | succeeded |"),
@@ -614,38 +523,23 @@ mod tests {
         );
         assert!(md.contains("succeeded on 1 of 2 images"), "{md}");
         assert!(md.contains("clean accuracy 2/2"), "{md}");
-        // The grid: 2 rows x 2 columns of 8x8 cells, separators, the success bars.
-        let png = image::open(dir.path().join("fig4.png"))?.to_rgb8();
-        assert_eq!((png.width(), png.height()), layout((1, 2, 2)).size(2, 2));
-        let bar_y = png.height() - 2 - 3;
-        assert_eq!(png.get_pixel(3, bar_y).0, mark(true));
-        assert_eq!(png.get_pixel(2 + 8 + 2 + 3, bar_y).0, mark(false));
-        // The adversarial's first pixel (row 1, column 0) is 0.3 -> 77.
-        assert_eq!(png.get_pixel(2, 2 + 8 + 2).0, [77; 3]);
-
-        // A wrong distance, a success flag that contradicts the prediction, a redrawn PNG.
+        // A wrong distance, a success flag that contradicts the prediction.
         let mut bad = report.clone();
         bad.columns[0].l2_distance = 0.2;
-        super::super::write_json(&dir.path().join("results.json"), &bad)?;
-        let err = verify(dir.path()).expect_err("a wrong distance must fail");
+        crate::write_json(&dir.path().join("results.json"), &bad)?;
+        let err = verify_data(dir.path()).expect_err("a wrong distance must fail");
         assert!(format!("{err:#}").contains("column 0"), "{err:#}");
         let mut bad = report.clone();
         bad.columns[1].success = true;
-        super::super::write_json(&dir.path().join("results.json"), &bad)?;
-        assert!(verify(dir.path()).is_err());
-        super::super::write_json(&dir.path().join("results.json"), &report)?;
-        let mut img = png.clone();
-        img.put_pixel(2, 2, image::Rgb([1, 2, 3]));
-        img.save(dir.path().join("fig4.png"))?;
-        let err = verify(dir.path()).expect_err("an edited PNG must fail");
-        assert!(format!("{err:#}").contains("not the grid"), "{err:#}");
+        crate::write_json(&dir.path().join("results.json"), &bad)?;
+        assert!(verify_data(dir.path()).is_err());
         Ok(())
     }
 
     #[test]
     fn columns_per_preset() {
-        assert_eq!(n_columns(PresetName::Paper), 10);
-        assert_eq!(n_columns(PresetName::Quick), 10);
-        assert!(n_columns(PresetName::Smoke) < 10);
+        assert_eq!(n_columns(Preset::Paper), 10);
+        assert_eq!(n_columns(Preset::Quick), 10);
+        assert!(n_columns(Preset::Smoke) < 10);
     }
 }

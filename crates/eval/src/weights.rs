@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::preset::PresetName;
-use super::provenance::{git_revision, unix_time};
-use super::zoo::checkpoint_root;
+use crate::preset::Preset;
+use crate::provenance::{git_revision, unix_time};
+use crate::zoo::checkpoint_root;
 
 /// The manifest of one released model (`release.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub struct Release {
     /// Dataset family.
     pub family: Family,
     /// Preset whose training sizes made it.
-    pub preset: PresetName,
+    pub preset: Preset,
     /// Training seed.
     pub seed: u64,
     /// The full training configuration.
@@ -151,7 +151,7 @@ pub fn release(
     checkpoints: &Path,
     weights: &Path,
     family: Family,
-    preset: PresetName,
+    preset: Preset,
     seed: u64,
     kinds: &[ModelKind],
 ) -> Result<Vec<(PathBuf, Release)>> {
@@ -172,7 +172,7 @@ pub fn release(
                 let (from, to) = (src.join(name), dst.join(name));
                 let bytes =
                     std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
-                super::provenance::write_atomic(&to, &bytes)?;
+                crate::provenance::write_atomic(&to, &bytes)?;
             }
         }
         let ckpt = eabs_models::Checkpoint::read(
@@ -207,7 +207,7 @@ pub fn release(
             commit: commit.clone(),
             released_at: unix_time(),
         };
-        super::write_json(&dst.join(MANIFEST), &r)?;
+        crate::write_json(&dst.join(MANIFEST), &r)?;
         out.push((dst, r));
     }
     Ok(out)
@@ -243,7 +243,7 @@ mod tests {
 
     /// One epoch of a CNN on 16 random Fashion-MNIST-shaped images into the checkpoint tree.
     fn train_tiny(checkpoints: &Path, cfg: &TrainConfig) -> Result<()> {
-        let dir = checkpoint_root(checkpoints, cfg.family, PresetName::Smoke, cfg.seed)
+        let dir = checkpoint_root(checkpoints, cfg.family, Preset::Smoke, cfg.seed)
             .join(cfg.kind.name());
         let images = Tensor::rand(0f32, 1f32, (16, 1, 28, 28), &Device::Cpu)?;
         let data = TensorData::new(images, (0..16).map(|i| i % 10).collect(), "tiny")?;
@@ -265,12 +265,12 @@ mod tests {
             ..TrainConfig::smoke(family, kind)
         };
         train_tiny(&ckpts, &cfg)?;
-        let done = release(&ckpts, &weights, family, PresetName::Smoke, 0, &[kind])?;
+        let done = release(&ckpts, &weights, family, Preset::Smoke, 0, &[kind])?;
         assert_eq!(done.len(), 1);
         let (dir, r) = &done[0];
         assert_eq!((r.epochs_done, r.train_config.clone()), (1, cfg.clone()));
         assert_eq!(r.sha256.len(), RELEASE_FILES.len());
-        let root = checkpoint_root(&weights, family, PresetName::Smoke, 0);
+        let root = checkpoint_root(&weights, family, Preset::Smoke, 0);
         assert_eq!(
             released_best(&root, kind, &cfg)?,
             Some(dir.join("best.safetensors"))
@@ -295,7 +295,7 @@ mod tests {
         );
         assert!(verify_tree(&weights).is_err());
         // Releasing a tree onto itself rewrites only the manifest.
-        let done = release(&ckpts, &ckpts, family, PresetName::Smoke, 0, &[kind])?;
+        let done = release(&ckpts, &ckpts, family, Preset::Smoke, 0, &[kind])?;
         assert_eq!(done.len(), 1);
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! `cargo xtask verify-results DIR`: checks that a reproduce run's files are complete and
+//! `verify-results DIR` for tables: checks that a reproduce run's files are complete and
 //! consistent, by recomputing every accuracy and the "ALL" rows from the per-sample outcomes.
 //! CI runs it after the smoke pipeline; users can run it on results they receive.
 
@@ -7,7 +7,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::report::TableReport;
+use crate::report::TableReport;
 
 #[derive(Deserialize)]
 struct OutcomesFile {
@@ -21,10 +21,15 @@ fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("{} is not well-formed", path.display()))
 }
 
-/// Verifies the results directory `dir` (e.g. `results/table2/smoke`).
-pub fn run(dir: &Path) -> Result<()> {
+/// Verifies the table results directory `dir` (e.g. `results/table2/smoke`; Tables 1-5 and the
+/// gradient-free check) and returns a one-line summary. Figure folders have their own checks
+/// ([`crate::targets::figure3::verify_data`], [`crate::targets::examples::verify_data`]).
+pub fn run(dir: &Path) -> Result<String> {
     if dir.join("figure.md").is_file() {
-        return super::plot::verify(dir);
+        bail!(
+            "{} holds a figure (figure.md), not a table; verify it as a figure",
+            dir.display()
+        );
     }
     for f in ["table.md", "results.json", "outcomes.json", "config.json"] {
         ensure!(dir.join(f).is_file(), "{} is missing {f}", dir.display());
@@ -104,15 +109,14 @@ pub fn run(dir: &Path) -> Result<()> {
         !report.provenance.stages.is_empty(),
         "results.json records no stage wall times"
     );
-    println!(
+    Ok(format!(
         "{}: complete and consistent ({} models, {} rows, {n} samples, {} McNemar comparisons; \
          table.md re-rendered; {journals} journals and {checkpoints} checkpoint digests checked)",
         dir.display(),
         report.models.len(),
         report.rows.len(),
         report.comparisons.len()
-    );
-    Ok(())
+    ))
 }
 
 /// `table.md` must be exactly what `results.json` renders to (its title line aside, which is
@@ -126,16 +130,16 @@ fn check_markdown(dir: &Path, report: &TableReport) -> Result<()> {
         .next()
         .and_then(|l| l.strip_prefix("# "))
         .with_context(|| format!("{}: no `# title` first line", path.display()))?;
-    let base = super::report::to_markdown(report, title);
+    let base = crate::report::to_markdown(report, title);
     // Table 5 adds per-row McNemar matrices (recomputable from results.json, so checked too);
     // the gradient-free check adds sections from `boundary.json`, so there only what
     // results.json renders (everything before and the provenance after those sections) is
     // compared.
     let (expected, text) = match report.table.as_str() {
         "table5" => (
-            super::ablation::insert_before_provenance(
+            crate::targets::ablation::insert_before_provenance(
                 &base,
-                &super::ablation::per_row_mcnemar(report),
+                &crate::targets::ablation::per_row_mcnemar(report),
             ),
             text,
         ),
@@ -199,9 +203,9 @@ fn check_journals(dir: &Path, report: &TableReport, outcomes: &OutcomesFile) -> 
                     path.display()
                 )
             })?;
-            let mut by_sample: BTreeMap<usize, super::evaluate::SampleRecord> = BTreeMap::new();
+            let mut by_sample: BTreeMap<usize, crate::evaluate::SampleRecord> = BTreeMap::new();
             for (i, line) in text.lines().enumerate() {
-                let r: super::evaluate::SampleRecord = serde_json::from_str(line)
+                let r: crate::evaluate::SampleRecord = serde_json::from_str(line)
                     .with_context(|| format!("{} line {}: not a record", path.display(), i + 1))?;
                 let s = r.sample;
                 ensure!(
@@ -243,14 +247,14 @@ fn check_checkpoints(config: &serde_json::Value) -> Result<usize> {
     let Some(files) = config.get("checkpoint_files") else {
         return Ok(0);
     };
-    let files: Vec<super::zoo::CheckpointId> = serde_json::from_value(files.clone())
+    let files: Vec<crate::zoo::CheckpointId> = serde_json::from_value(files.clone())
         .context("config.json: checkpoint_files is not a list of {path, sha256}")?;
     let mut checked = 0;
     for f in files {
         if !f.path.is_file() {
             continue;
         }
-        let now = super::weights::sha256_file(&f.path)?;
+        let now = crate::weights::sha256_file(&f.path)?;
         ensure!(
             now == f.sha256,
             "{}: sha256 {now}, but these results were made with a checkpoint of sha256 {}: the \
@@ -266,7 +270,7 @@ fn check_checkpoints(config: &serde_json::Value) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reproduce::report::{tests::small_report, write_outputs};
+    use crate::report::{tests::small_report, write_outputs};
 
     #[test]
     fn accepts_consistent_results_and_rejects_tampering() -> Result<()> {
@@ -295,17 +299,17 @@ mod tests {
         let root = dir
             .join("journal")
             .join(format!("seed{}", report.provenance.seed));
-        for ((norm, attack), per_model) in &outcomes {
-            if attack == "all" {
+        for (row, per_model) in &outcomes {
+            if matches!(row, crate::suite::RowKey::All(_)) {
                 continue;
             }
-            let key = format!("{norm}-{attack}");
+            let key = row.key();
             for (m, v) in per_model {
                 let lines: Vec<String> = v
                     .iter()
                     .enumerate()
                     .map(|(i, &r)| {
-                        serde_json::to_string(&crate::reproduce::evaluate::SampleRecord {
+                        serde_json::to_string(&crate::evaluate::SampleRecord {
                             sample: i,
                             test_index: report.samples[i],
                             label: 0,
@@ -340,9 +344,9 @@ mod tests {
         let mut t5 = report.clone();
         t5.table = "table5".into();
         write_outputs(&dir, &t5, &outcomes, "Table 5")?;
-        let md = crate::reproduce::ablation::insert_before_provenance(
-            &crate::reproduce::report::to_markdown(&t5, "Table 5"),
-            &crate::reproduce::ablation::per_row_mcnemar(&t5),
+        let md = crate::targets::ablation::insert_before_provenance(
+            &crate::report::to_markdown(&t5, "Table 5"),
+            &crate::targets::ablation::per_row_mcnemar(&t5),
         );
         std::fs::write(dir.join("table.md"), &md)?;
         run(&dir)?;

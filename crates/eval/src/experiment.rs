@@ -1,0 +1,374 @@
+//! The one skeleton every target is a configuration of.
+//!
+//! Every experiment of the paper does the same thing: take the results folder (one run at a
+//! time), load the dataset, draw the evaluation subset, then for each model obtain it (released
+//! weights, or trained on demand), freeze it behind the inference the paper prescribes, journal
+//! its clean row, and journal each attack row, every journal bound to its inputs. An
+//! [`Experiment`] does all of that; a target says only which models, which rows and how to
+//! render the result.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use eabs_eval::{Experiment, Preset, RunSpec, ATTACK_ROWS};
+//! use eabs_eval::DatasetKind;
+//! use eabs_models::ModelKind;
+//! use std::path::Path;
+//!
+//! let run = RunSpec::new(Preset::Smoke, 0, Path::new("results"), Path::new("checkpoints"));
+//! let mut exp = Experiment::open(&run, "my-study", DatasetKind::FashionMnist, 8)?;
+//! let sizes = run.eval_sizes();
+//! let obtained = exp.obtain(ModelKind::E_ABS)?;
+//! let column = exp.column(0, ModelKind::E_ABS.name(), obtained, &sizes, None)?;
+//! let clean = exp.clean(&column, &sizes)?;
+//! let pgd = exp.suite_row(&column, ATTACK_ROWS[0], 0, &sizes)?;
+//! println!("{} of {} clean, {} under PGD", clean.iter().filter(|&&c| c).count(), clean.len(),
+//!     pgd.iter().filter(|&&r| r).count());
+//! # Ok(()) }
+//! ```
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use eabs_attacks::Eot;
+use eabs_core::Differentiable;
+use eabs_datasets::{load, Dataset, DatasetKind, Split};
+use eabs_inference::LatentInference;
+use eabs_models::{Family, ModelKind};
+use std::path::{Path, PathBuf};
+
+use crate::evaluate::{evaluate, select_subset, BatchResult, SampleRecord};
+use crate::lock::DirLock;
+use crate::preset::{train_config, EvalSizes};
+use crate::provenance::{git_revision, unix_time, Provenance, Timer};
+use crate::suite::{clean_row, row_config, run_row, AttackRow};
+use crate::zoo::{attack_dataset, obtain, to_evaluated, CheckpointId, Evaluated, ModelStore, Obtained};
+use crate::RunSpec;
+
+/// A running experiment: its results folder (locked), its data and evaluation subset, its model
+/// store and its clock.
+pub struct Experiment<'r> {
+    run: &'r RunSpec,
+    /// The results folder's name below `--out` (e.g. `table2`, `table5-fashion-mnist`).
+    pub id: String,
+    /// The dataset.
+    pub dataset: DatasetKind,
+    /// The model family of the dataset (architecture of Table 9).
+    pub family: Family,
+    /// The attack library's view of the dataset: its epsilons and PGD restarts.
+    pub attack_dataset: eabs_attacks::paper::Dataset,
+    /// Where the numerics run.
+    pub device: Device,
+    /// `<out>/<id>/<preset>/`.
+    pub out_dir: PathBuf,
+    /// `<out_dir>/journal/seed<S>/`: one folder of journals per model column.
+    pub journal_root: PathBuf,
+    /// Stage wall times (resumable: a resumed run reports every invocation's time).
+    pub timer: Timer,
+    /// Training split (for models trained on demand).
+    pub train: Dataset,
+    /// Validation split (checkpoint selection).
+    pub val: Dataset,
+    /// Test split.
+    pub test: Dataset,
+    /// Test indices evaluated, the same for every model (sorted).
+    pub subset: Vec<usize>,
+    /// Digest of the test images and labels, which every journal is bound to.
+    pub test_sha256: String,
+    /// Where the models come from.
+    pub store: ModelStore,
+    commit: String,
+    started: u64,
+    lock: DirLock,
+}
+
+/// One evaluated column of an experiment: a frozen model, its name and the settings every one
+/// of its journals is bound to.
+pub struct ModelColumn {
+    /// Column name (e.g. `E-ABS`, or Table 5's `AV-ABS`).
+    pub name: String,
+    /// The trained model it evaluates.
+    pub kind: ModelKind,
+    /// The frozen model behind its inference.
+    pub evaluated: Evaluated,
+    /// The checkpoint it was loaded from.
+    pub checkpoint: CheckpointId,
+    /// The seed of its randomised inference ([`crate::seeds::inference`]).
+    pub inference_seed: u64,
+    /// The model part of every journal's settings: what may not change for a journal to
+    /// resume (training configuration, checkpoint and test-data digests, inference settings).
+    pub settings: serde_json::Value,
+}
+
+impl ModelColumn {
+    /// The model as the attacks see it.
+    pub fn classifier(&self) -> &dyn Differentiable {
+        self.evaluated.classifier()
+    }
+
+    /// Whether its predictions are randomised (then attacks average with EOT).
+    pub fn is_stochastic(&self) -> bool {
+        self.classifier().is_stochastic()
+    }
+}
+
+/// Runs `f` on `model`, wrapped in EOT with `eot_samples` draws per gradient when the model is
+/// randomised (Section 4.2 and Appendix B.1: the paper averages 5).
+pub fn with_eot<T>(
+    model: &dyn Differentiable,
+    eot_samples: usize,
+    f: impl FnOnce(&dyn Differentiable) -> Result<T>,
+) -> Result<T> {
+    if model.is_stochastic() {
+        let eot = Eot::new(model, eot_samples)?;
+        f(&eot)
+    } else {
+        f(model)
+    }
+}
+
+/// The evaluation sizes that fingerprint an attack journal: all but the number of samples and
+/// the batch size, which the per-sample records check themselves.
+pub fn attack_fingerprint(sizes: &impl serde::Serialize) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(sizes)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("n_samples");
+        o.remove("batch_size");
+    }
+    Ok(v)
+}
+
+/// The full inference configuration of an evaluated model (null for CNNs), for fingerprints
+/// and `config.json`.
+pub fn inference_settings(e: &Evaluated) -> Result<serde_json::Value> {
+    Ok(match e {
+        Evaluated::Cnn(_) => serde_json::Value::Null,
+        Evaluated::Abs(a) => serde_json::to_value(a.inference().config())?,
+    })
+}
+
+impl<'r> Experiment<'r> {
+    /// Opens the results folder `<out>/<id>/<preset>/` of `run` (failing at once if another
+    /// run holds it), loads the three splits of `dataset` and draws `n_samples` test samples
+    /// with the run's seed.
+    pub fn open(run: &'r RunSpec, id: &str, dataset: DatasetKind, n_samples: usize) -> Result<Self> {
+        Self::open_with(run, id, dataset, n_samples, true)
+    }
+
+    /// [`Experiment::open`], with the stage log kept on disk (`resumable_stages`: the
+    /// provenance of a resumed run then lists every invocation's stages) or in memory only (for
+    /// experiments that journal nothing and recompute everything on a rerun, Figures 4-5).
+    pub fn open_with(
+        run: &'r RunSpec,
+        id: &str,
+        dataset: DatasetKind,
+        n_samples: usize,
+        resumable_stages: bool,
+    ) -> Result<Self> {
+        let started = unix_time();
+        // The revision of the code that runs: read now, since the tree may change during a
+        // long run.
+        let commit = git_revision(Path::new("."));
+        let device = run.device.device()?;
+        let family = Family::from(dataset);
+        let out_dir = run.out.join(id).join(run.preset.as_str());
+        let lock = DirLock::acquire(&out_dir, "results folder")?;
+        let journal_root = out_dir.join("journal").join(format!("seed{}", run.seed));
+        let mut timer = if resumable_stages {
+            Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?
+        } else {
+            Timer::new()
+        };
+        let data_dir = run.data_dir.as_deref();
+        let seed = crate::seeds::subset(run.seed);
+        let (train, val, test) = timer.stage("load data", || {
+            Ok((
+                load(dataset, Split::Train, data_dir, seed)?,
+                load(dataset, Split::Validation, data_dir, seed)?,
+                load(dataset, Split::Test, data_dir, seed)?,
+            ))
+        })?;
+        let subset = select_subset(test.len(), n_samples, seed)?;
+        let test_sha256 = test.content_sha256();
+        Ok(Self {
+            run,
+            id: id.to_string(),
+            dataset,
+            family,
+            attack_dataset: attack_dataset(dataset),
+            device,
+            out_dir,
+            journal_root,
+            timer,
+            train,
+            val,
+            test,
+            subset,
+            test_sha256,
+            store: run.model_store(family),
+            commit,
+            started,
+            lock,
+        })
+    }
+
+    /// The run this experiment belongs to.
+    pub fn run(&self) -> &RunSpec {
+        self.run
+    }
+
+    /// The best checkpoint of `kind`: released, reused, resumed or trained
+    /// ([`crate::zoo::obtain`]).
+    pub fn obtain(&mut self, kind: ModelKind) -> Result<Obtained> {
+        obtain(
+            kind,
+            self.family,
+            self.run.preset,
+            self.run.seed,
+            &self.store,
+            &self.train,
+            &self.val,
+            &self.device,
+            &mut self.timer,
+        )
+    }
+
+    /// The preset's training configuration of `kind`, with the run's seed.
+    pub fn train_config(&self, kind: ModelKind) -> eabs_models::TrainConfig {
+        train_config(self.run.preset, self.family, kind, self.run.seed)
+    }
+
+    /// Freezes `obtained` as column `index` named `name`, with inference `mode` (default: the
+    /// paper's for the model) at `sizes`, and its inference seed from [`crate::seeds`]. Its
+    /// journal settings are the tables' (model, training configuration, checkpoint and test
+    /// digests, inference sizes, seed); targets with more columns per model extend them with
+    /// [`ModelColumn::settings`].
+    pub fn column(
+        &self,
+        index: usize,
+        name: &str,
+        obtained: Obtained,
+        sizes: &EvalSizes,
+        mode: Option<LatentInference>,
+    ) -> Result<ModelColumn> {
+        let kind = obtained.model.config().kind;
+        let inference_seed = crate::seeds::inference(self.run.seed, index);
+        let evaluated = to_evaluated(obtained.model, sizes, mode, inference_seed)?;
+        let settings = serde_json::json!({
+            "model": kind.name(),
+            "train": self.train_config(kind),
+            "checkpoint_sha256": obtained.checkpoint.sha256,
+            "test_data_sha256": self.test_sha256,
+            "inference_sizes": { "n_candidates": sizes.n_candidates, "n_adam_steps": sizes.n_adam_steps },
+            "seed": self.run.seed,
+        });
+        Ok(ModelColumn {
+            name: name.to_string(),
+            kind,
+            evaluated,
+            checkpoint: obtained.checkpoint,
+            inference_seed,
+            settings,
+        })
+    }
+
+    /// The journal of `row` (`clean`, `linf-pgd`, ...) of column `column`.
+    pub fn journal(&self, column: &str, row: &str) -> PathBuf {
+        self.journal_root.join(column).join(format!("{row}.jsonl"))
+    }
+
+    /// Evaluates `column` on the subset as the timed stage `label`, journaled at
+    /// `<journal_root>/<column>/<row>.jsonl` under `settings`: `attack` gets each batch and
+    /// returns `n_eps` rows of per-sample (robust, distance).
+    #[allow(clippy::too_many_arguments)]
+    pub fn journaled(
+        &mut self,
+        column: &str,
+        row: &str,
+        label: &str,
+        settings: &serde_json::Value,
+        n_eps: usize,
+        batch_size: usize,
+        attack: &mut dyn FnMut(&Tensor, &[u32]) -> Result<BatchResult>,
+    ) -> Result<Vec<SampleRecord>> {
+        let journal = self.journal(column, row);
+        let resume = self.run.resume;
+        let (test, subset, device) = (&self.test, &self.subset, &self.device);
+        self.timer.stage(label, || {
+            evaluate(
+                &journal, settings, resume, label, test, subset, n_eps, batch_size, device, attack,
+            )
+        })
+    }
+
+    /// The clean row of `column`: per sample of the subset, whether it is classified correctly.
+    pub fn clean(&mut self, column: &ModelColumn, sizes: &EvalSizes) -> Result<Vec<bool>> {
+        let settings = serde_json::json!({ "row": "clean", "model": column.settings });
+        let clf = column.classifier();
+        let records = self.journaled(
+            &column.name,
+            "clean",
+            &format!("{} clean", column.name),
+            &settings,
+            1,
+            sizes.batch_size,
+            &mut |xs, ys| clean_row(clf, xs, ys),
+        )?;
+        Ok(records.iter().map(|r| r.robust[0]).collect())
+    }
+
+    /// Attack row `row` of the suite on `column` at the dataset's epsilon, with its seed from
+    /// row index `row_index` ([`crate::seeds::attack`]; for Tables 1-4 the index in
+    /// [`crate::ATTACK_ROWS`]), EOT for randomised models. Per sample: robust or not.
+    pub fn suite_row(
+        &mut self,
+        column: &ModelColumn,
+        row: AttackRow,
+        row_index: usize,
+        sizes: &EvalSizes,
+    ) -> Result<Vec<bool>> {
+        let ds = self.attack_dataset;
+        let seed = crate::seeds::attack(self.run.seed, row_index);
+        let stochastic = column.is_stochastic();
+        let settings = serde_json::json!({
+            "row": row.key(),
+            "epsilon": ds.epsilon(row.norm),
+            "attack_seed": seed,
+            "attack": row_config(row, sizes, ds, seed)?,
+            "sizes": attack_fingerprint(sizes)?,
+            "eot": stochastic,
+            "model": column.settings,
+        });
+        let clf = column.classifier();
+        let records = self.journaled(
+            &column.name,
+            &row.key(),
+            &format!("{} {row}", column.name),
+            &settings,
+            1,
+            sizes.batch_size,
+            &mut |xs, ys| {
+                with_eot(clf, sizes.eot_samples, |m| {
+                    run_row(row, sizes, ds, m, xs, ys, seed)
+                })
+            },
+        )?;
+        Ok(records.iter().map(|r| r.robust[0]).collect())
+    }
+
+    /// Ends the experiment: its provenance (this machine, the run's preset, seed and device, and
+    /// the stages of every invocation) and the still-held lock of its results folder, to be
+    /// dropped once the outputs are written.
+    pub fn finish(self) -> (Provenance, PathBuf, DirLock) {
+        let provenance = Provenance {
+            commit: self.commit,
+            preset: self.run.preset.as_str().into(),
+            seed: self.run.seed,
+            device: self.run.device.as_str().into(),
+            hardware: crate::provenance::Hardware::detect(),
+            started_unix: self.started,
+            finished_unix: unix_time(),
+            stages: self.timer.into_stages(),
+            command: self.run.command.clone(),
+        };
+        (provenance, self.out_dir, self.lock)
+    }
+}

@@ -1,0 +1,138 @@
+//! Tables 1-4: train (or reuse) CNN, Adv-L_inf, Adv-L_2, ABS and E-ABS on one dataset, attack each
+//! with the paper's suite at the dataset's epsilons, and compare them with McNemar's test.
+
+use anyhow::Result;
+use eabs_attacks::Norm;
+use eabs_datasets::DatasetKind;
+use eabs_models::{AdvNorm, ModelKind};
+use std::path::PathBuf;
+
+use crate::experiment::Experiment;
+use crate::report::{add_all_row, build, write_outputs, Outcomes};
+use crate::suite::{RowKey, ATTACK_ROWS};
+use crate::RunSpec;
+
+/// The models of Tables 1-4, in column order (their index seeds their inference).
+pub const MODEL_KINDS: [ModelKind; 5] = [
+    ModelKind::Cnn,
+    ModelKind::AdvCnn(AdvNorm::Linf),
+    ModelKind::AdvCnn(AdvNorm::L2),
+    ModelKind::ABS,
+    ModelKind::E_ABS,
+];
+
+/// The column of `kind` in Tables 1-4, if it is one.
+pub fn column_of(kind: ModelKind) -> Option<usize> {
+    MODEL_KINDS.iter().position(|&k| k == kind)
+}
+
+/// The table of a dataset: `table1` MNIST, `table2` Fashion-MNIST, `table3` SuperTraffic-10,
+/// `table4` SVHN.
+pub fn table_of(kind: DatasetKind) -> &'static str {
+    match kind {
+        DatasetKind::Mnist => "table1",
+        DatasetKind::FashionMnist => "table2",
+        DatasetKind::SuperTraffic10 => "table3",
+        DatasetKind::Svhn => "table4",
+    }
+}
+
+/// The rows of a table in the paper's order: clean, then per norm its attacks and its ALL
+/// row, each with its epsilon.
+pub fn table_rows(ds: eabs_attacks::paper::Dataset) -> Vec<(RowKey, f64)> {
+    let mut order = vec![(RowKey::Clean, 0.0)];
+    for norm in [Norm::Linf, Norm::L2] {
+        let eps = ds.epsilon(norm);
+        for row in ATTACK_ROWS.iter().filter(|r| r.norm == norm) {
+            order.push((RowKey::Attack(*row), eps));
+        }
+        order.push((RowKey::All(norm), eps));
+    }
+    order
+}
+
+/// Reproduces the table of `kind` (one of Tables 1-4); returns its results folder.
+pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
+    let table = table_of(kind);
+    let sizes = spec.eval_sizes();
+    let mut exp = Experiment::open(spec, table, kind, sizes.n_samples)?;
+    let ds = exp.attack_dataset;
+    let mut outcomes: Outcomes = Outcomes::new();
+    let names: Vec<String> = MODEL_KINDS.iter().map(|k| k.name().to_string()).collect();
+    let mut checkpoint_files = Vec::new();
+    for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
+        let obtained = exp.obtain(mk)?;
+        let column = exp.column(m_idx, mk.name(), obtained, &sizes, None)?;
+        checkpoint_files.push(column.checkpoint.clone());
+        let clean = exp.clean(&column, &sizes)?;
+        outcomes
+            .entry(RowKey::Clean)
+            .or_default()
+            .insert(mk.name().into(), clean);
+        for (r_idx, row) in ATTACK_ROWS.iter().enumerate() {
+            let robust = exp.suite_row(&column, *row, r_idx, &sizes)?;
+            outcomes
+                .entry(RowKey::Attack(*row))
+                .or_default()
+                .insert(mk.name().into(), robust);
+        }
+    }
+    add_all_row(&mut outcomes, Norm::Linf, &names)?;
+    add_all_row(&mut outcomes, Norm::L2, &names)?;
+
+    let config = serde_json::json!({
+        "table": table,
+        "dataset": kind.name(),
+        "preset": spec.preset,
+        "seed": spec.seed,
+        "sizes": sizes,
+        "epsilons": { "linf": ds.linf_epsilon(), "l2": ds.l2_epsilon() },
+        "models": names,
+        "train": MODEL_KINDS.iter().map(|&k| exp.train_config(k)).collect::<Vec<_>>(),
+        "checkpoints": exp.store,
+        "checkpoint_files": checkpoint_files,
+        "test_data_sha256": exp.test_sha256,
+    });
+    let subset = exp.subset.clone();
+    let (provenance, out_dir, _lock) = exp.finish();
+    let paper =
+        |m: &str, row: RowKey| crate::paper::paper_accuracy(table, m, row.norm_str(), row.attack_str());
+    let report = build(
+        table,
+        kind.name(),
+        &names,
+        subset,
+        &table_rows(ds),
+        &outcomes,
+        &paper,
+        config,
+        provenance,
+    )?;
+    let dataset_name = crate::paper::TABLES
+        .iter()
+        .find(|t| t.id == table)
+        .map_or(kind.name(), |t| t.dataset);
+    let title = format!(
+        "{} ({dataset_name}): accuracy under attack",
+        table.replace("table", "Table ")
+    );
+    write_outputs(&out_dir, &report, &outcomes, &title)?;
+    Ok(out_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_the_papers_in_order() {
+        let rows = table_rows(eabs_attacks::paper::Dataset::FashionMnist);
+        let keys: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|(r, _)| (r.norm_str(), r.attack_str()))
+            .collect();
+        assert_eq!(keys, crate::paper::ROWS);
+        assert_eq!(column_of(ModelKind::E_ABS), Some(4));
+        assert_eq!(table_of(DatasetKind::Svhn), "table4");
+    }
+}
