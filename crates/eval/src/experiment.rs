@@ -85,12 +85,12 @@ pub struct Experiment<'r> {
 pub struct ModelColumn {
     /// Column name (e.g. `E-ABS`, or Table 5's `AV-ABS`).
     pub name: String,
-    /// The trained model it evaluates.
-    pub kind: ModelKind,
+    /// The trained model of the paper it evaluates (`None` for a model of the caller's own).
+    pub kind: Option<ModelKind>,
     /// The frozen model behind its inference.
     pub evaluated: Evaluated,
-    /// The checkpoint it was loaded from.
-    pub checkpoint: CheckpointId,
+    /// The checkpoint it was loaded from (`None` for a model of the caller's own).
+    pub checkpoint: Option<CheckpointId>,
     /// The seed of its randomised inference ([`crate::seeds::inference`]).
     pub inference_seed: u64,
     /// The model part of every journal's settings: what may not change for a journal to
@@ -99,6 +99,31 @@ pub struct ModelColumn {
 }
 
 impl ModelColumn {
+    /// A column for a model of the caller's own (any [`Differentiable`]), named `name`. Its
+    /// journals are bound to `identity` (say, the digest of its weights and its configuration)
+    /// and to the test data: change either and the journals refuse to resume.
+    pub fn custom(
+        experiment: &Experiment<'_>,
+        name: &str,
+        model: Box<dyn Differentiable>,
+        identity: serde_json::Value,
+    ) -> Self {
+        let settings = serde_json::json!({
+            "model": name,
+            "identity": identity,
+            "test_data_sha256": experiment.test_sha256,
+            "seed": experiment.run().seed,
+        });
+        Self {
+            name: name.to_string(),
+            kind: None,
+            evaluated: Evaluated::Other(model),
+            checkpoint: None,
+            inference_seed: 0,
+            settings,
+        }
+    }
+
     /// The model as the attacks see it.
     pub fn classifier(&self) -> &dyn Differentiable {
         self.evaluated.classifier()
@@ -140,7 +165,7 @@ pub fn attack_fingerprint(sizes: &impl serde::Serialize) -> Result<serde_json::V
 /// and `config.json`.
 pub fn inference_settings(e: &Evaluated) -> Result<serde_json::Value> {
     Ok(match e {
-        Evaluated::Cnn(_) => serde_json::Value::Null,
+        Evaluated::Cnn(_) | Evaluated::Other(_) => serde_json::Value::Null,
         Evaluated::Abs(a) => serde_json::to_value(a.inference().config())?,
     })
 }
@@ -262,9 +287,9 @@ impl<'r> Experiment<'r> {
         });
         Ok(ModelColumn {
             name: name.to_string(),
-            kind,
+            kind: Some(kind),
             evaluated,
-            checkpoint: obtained.checkpoint,
+            checkpoint: Some(obtained.checkpoint),
             inference_seed,
             settings,
         })
@@ -352,6 +377,31 @@ impl<'r> Experiment<'r> {
             },
         )?;
         Ok(records.iter().map(|r| r.robust[0]).collect())
+    }
+
+    /// Tables 1-4's protocol for one column: its clean row and every row of
+    /// [`crate::ATTACK_ROWS`] (seeded by their index), each journaled, recorded in `outcomes`
+    /// under the column's name. Add the ALL rows with [`crate::report::add_all_row`] once every
+    /// column is in.
+    pub fn table_protocol(
+        &mut self,
+        column: &ModelColumn,
+        sizes: &EvalSizes,
+        outcomes: &mut crate::Outcomes,
+    ) -> Result<()> {
+        let clean = self.clean(column, sizes)?;
+        outcomes
+            .entry(crate::RowKey::Clean)
+            .or_default()
+            .insert(column.name.clone(), clean);
+        for (r_idx, row) in crate::ATTACK_ROWS.iter().enumerate() {
+            let robust = self.suite_row(column, *row, r_idx, sizes)?;
+            outcomes
+                .entry(crate::RowKey::Attack(*row))
+                .or_default()
+                .insert(column.name.clone(), robust);
+        }
+        Ok(())
     }
 
     /// Ends the experiment: its provenance (this machine, the run's preset, seed and device, and

@@ -43,6 +43,8 @@ pub enum Evaluated {
     Cnn(Box<eabs_models::Cnn>),
     /// An ABS-like model behind its inference, with the adaptive gradient of eq. (8).
     Abs(Box<AbsClassifier<FrozenAbsModel>>),
+    /// Any other model: a user's own, evaluated with the same suite.
+    Other(Box<dyn Differentiable>),
 }
 
 impl Evaluated {
@@ -51,6 +53,7 @@ impl Evaluated {
         match self {
             Evaluated::Cnn(c) => c.as_ref(),
             Evaluated::Abs(a) => a.as_ref(),
+            Evaluated::Other(m) => m.as_ref(),
         }
     }
 }

@@ -265,7 +265,7 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
         column.settings = serde_json::json!({
             "model": mk.name(),
             "train": exp.train_config(mk),
-            "checkpoint_sha256": column.checkpoint.sha256,
+            "checkpoint_sha256": column.checkpoint.as_ref().map(|c| c.sha256.clone()),
             "test_data_sha256": exp.test_sha256,
             "inference": inference_settings(&column.evaluated)?,
             "inference_seed": column.inference_seed,

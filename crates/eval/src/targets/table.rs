@@ -63,19 +63,8 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
         let obtained = exp.obtain(mk)?;
         let column = exp.column(m_idx, mk.name(), obtained, &sizes, None)?;
-        checkpoint_files.push(column.checkpoint.clone());
-        let clean = exp.clean(&column, &sizes)?;
-        outcomes
-            .entry(RowKey::Clean)
-            .or_default()
-            .insert(mk.name().into(), clean);
-        for (r_idx, row) in ATTACK_ROWS.iter().enumerate() {
-            let robust = exp.suite_row(&column, *row, r_idx, &sizes)?;
-            outcomes
-                .entry(RowKey::Attack(*row))
-                .or_default()
-                .insert(mk.name().into(), robust);
-        }
+        checkpoint_files.extend(column.checkpoint.clone());
+        exp.table_protocol(&column, &sizes, &mut outcomes)?;
     }
     add_all_row(&mut outcomes, Norm::Linf, &names)?;
     add_all_row(&mut outcomes, Norm::L2, &names)?;
