@@ -23,7 +23,8 @@ use crate::base::{check_batch, Attack, MinimizationAttack};
 use crate::criteria::Criterion;
 use crate::error::{config_err, Result};
 use crate::norms::Norm;
-use crate::util::{normal_rows, put_rows, sample_rngs, take_rows};
+use crate::seeding::sample_rngs;
+use crate::util::{normal_rows, put_rows, take_rows};
 use eabs_core::Classifier;
 
 /// Configuration of [`AdditiveGaussianNoise`].

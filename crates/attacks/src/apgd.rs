@@ -13,7 +13,7 @@
 //!   loss, or if `eta` was not halved at the last checkpoint and the best loss did not improve.
 //!
 //! Returns the first adversarial iterate found, else the highest-loss iterate; restarts keep the
-//! best per sample. Random starts use per-sample streams ([`crate::util`]).
+//! best per sample. Random starts use per-sample streams ([`crate::seeding`]).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -22,9 +22,10 @@ use crate::base::{check_batch, Attack, FixedEpsilonAttack};
 use crate::criteria::{Criterion, Loss};
 use crate::error::{config_err, Error, Result};
 use crate::norms::Norm;
+use crate::seeding::sample_rngs;
 use crate::util::{
-    column, l2_rows, normal_rows, put_rows, sample_rngs, take_rows, to_vec_f64, uniform_rows,
-    value_grad_logits, where_rows,
+    column, l2_rows, normal_rows, put_rows, take_rows, to_vec_f64, uniform_rows, value_grad_logits,
+    where_rows,
 };
 use eabs_core::Differentiable;
 

@@ -266,9 +266,13 @@ where
         .collect()
 }
 
-/// The paper's "ALL" row: per sample, robust only if no attack succeeded. `successes[a][i]` is
-/// the success flag of attack `a` on sample `i` (all for the same norm and epsilon).
-pub fn robust_to_all(successes: &[&[bool]]) -> Result<Vec<bool>> {
+/// The paper's "ALL" row from attack *success* flags: per sample, robust only if every attack
+/// failed. `successes[a][i]` is the success flag of attack `a` on sample `i` (all for the same
+/// norm and epsilon), e.g. [`Outcome::success`].
+///
+/// Named for its input: `eabs_stats::robust_to_all` computes the same row from per-attack
+/// *robust* flags (`!success`).
+pub fn robust_if_all_failed(successes: &[&[bool]]) -> Result<Vec<bool>> {
     let Some(first) = successes.first() else {
         return Err(Error::InvalidConfig {
             attack: "ALL",
@@ -297,7 +301,7 @@ pub fn robust_to_all(successes: &[&[bool]]) -> Result<Vec<bool>> {
 /// Robust accuracy under the "ALL" combination of [`Outcome`]s (same norm and epsilon).
 pub fn robust_accuracy_all(outcomes: &[&Outcome]) -> Result<f64> {
     let s: Vec<&[bool]> = outcomes.iter().map(|o| o.success.as_slice()).collect();
-    let r = robust_to_all(&s)?;
+    let r = robust_if_all_failed(&s)?;
     Ok(if r.is_empty() {
         0.0
     } else {

@@ -26,10 +26,8 @@ use crate::base::{check_batch, check_bounds, Attack, MinimizationAttack};
 use crate::criteria::Criterion;
 use crate::error::{config_err, Error, Result};
 use crate::norms::Norm;
-use crate::util::{
-    column, flat_rows_f32, l2_rows, normal_rows, sample_rngs, sample_seed, to_vec_f64,
-    uniform_rows, where_rows,
-};
+use crate::seeding::{sample_rngs, sample_seeds};
+use crate::util::{column, l2_rows, normal_rows, to_vec_f64, uniform_rows, where_rows};
 use eabs_core::Classifier;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -344,7 +342,8 @@ impl<M: Classifier + ?Sized> MinimizationAttack<M> for Boundary {
 /// the label (untargeted) or as the target (targeted): the paper's Boundary initialisation.
 ///
 /// `pool_predictions[j]` is the model's prediction on `pool[j]`. The choice for sample `i` is
-/// drawn from the stream of `(seed, hash of xs[i])`, so it does not depend on the batch.
+/// drawn from the stream of [`crate::seeding::sample_seed`]`(seed, xs[i])`, so it does not
+/// depend on the batch.
 ///
 /// # Shapes
 /// `xs`: `(batch, ...)`; `pool`: `(n_pool, ...)` with the same trailing dims; returns `(batch, ...)`.
@@ -376,9 +375,9 @@ pub fn starting_points_from_pool(
             expected: format!("({},) one per pool image", pool.dim(0)?),
         });
     }
-    let rows = flat_rows_f32(xs)?;
+    let seeds = sample_seeds(seed, xs)?;
     let mut picks = Vec::with_capacity(batch);
-    for (i, row) in rows.iter().enumerate() {
+    for (i, &sample_seed) in seeds.iter().enumerate() {
         let c = criterion.classes()[i];
         let ok: Vec<usize> = pool_predictions
             .iter()
@@ -400,7 +399,7 @@ pub fn starting_points_from_pool(
             };
             return Err(Error::NoStartingPoint { index: i, wanted });
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(seed, row));
+        let mut rng = ChaCha8Rng::seed_from_u64(sample_seed);
         picks.push(ok[rng.random_range(0..ok.len())] as u32);
     }
     let ids = Tensor::new(picks.as_slice(), pool.device())?;

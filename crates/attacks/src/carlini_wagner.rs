@@ -23,7 +23,21 @@ use crate::criteria::{Criterion, Loss};
 use crate::error::{config_err, Result};
 use crate::norms::Norm;
 use crate::util::{checked_value_and_grad, column, to_vec_f64, where_rows};
+use eabs_core::adam::{AdamConfig, LrPlacement, MomentWeights, TensorAdam};
 use eabs_core::Differentiable;
+
+/// Foolbox's `AdamOptimizer` with its default betas (0.9, 0.999) and epsilon 1e-8, the moment
+/// weights written as the decimals 0.1 and 0.001 (as this port always has; the same f32 as
+/// `1 - beta`, one ulp apart in f64).
+fn foolbox_adam() -> AdamConfig {
+    AdamConfig {
+        moment_weights: MomentWeights::Explicit {
+            first: 0.1,
+            second: 0.001,
+        },
+        ..AdamConfig::new(0.9, 0.999, 1e-8, LrPlacement::AfterDivision)
+    }
+}
 
 /// Configuration of [`CarliniWagnerL2`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,8 +195,7 @@ impl<M: Differentiable + ?Sized> MinimizationAttack<M> for CarliniWagnerL2 {
                 }
             }
             let mut delta = w0.zeros_like()?;
-            let mut m = w0.zeros_like()?;
-            let mut v = w0.zeros_like()?;
+            let mut adam = TensorAdam::new(foolbox_adam(), cfg.stepsize, &delta)?;
             let mut found = vec![false; batch];
             let mut frozen = vec![false; batch];
             let mut prev_loss = vec![f64::INFINITY; batch];
@@ -210,15 +223,9 @@ impl<M: Differentiable + ?Sized> MinimizationAttack<M> for CarliniWagnerL2 {
                     + (&diff * 2.0)?)?;
                 // d x / d w = (1 - tanh(w)^2) * half.
                 let grad_w = (grad_x * w.tanh()?.sqr()?.affine(-half, half)?)?;
-                // Adam with bias correction (Foolbox's AdamOptimizer).
-                let t = (step + 1) as i32;
-                m = ((m * 0.9)? + (&grad_w * 0.1)?)?;
-                v = ((v * 0.999)? + (grad_w.sqr()? * 0.001)?)?;
-                let m_hat = (&m / (1.0 - 0.9f64.powi(t)))?;
-                let v_hat = (&v / (1.0 - 0.999f64.powi(t)))?;
-                let upd = (m_hat / v_hat.sqrt()?.affine(1.0, 1e-8)?)?.affine(-cfg.stepsize, 0.0)?;
+                // Every sample's moments advance, frozen or not; only moving samples take the step.
+                let new_delta = adam.step(&delta, &grad_w)?;
                 let moving: Vec<bool> = frozen.iter().map(|f| !f).collect();
-                let new_delta = (&delta + upd)?;
                 // Bookkeeping for the point evaluated in this step (Foolbox order).
                 let loss_i: Vec<f64> = (0..batch)
                     .map(|i| consts[i] * (cfg.confidence - attack_margin[i]).max(0.0) + norms_sq[i])

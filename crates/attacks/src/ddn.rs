@@ -7,7 +7,7 @@
 //! `gamma = 0.05`, step size annealed from 1 to 0.01.
 //!
 //! Each step calls `value_and_grad` once; the adversarial check reuses its logits where the
-//! model evaluates the loss once ([`crate::util::value_grad_logits`]).
+//! model evaluates the loss once (`util::value_grad_logits`).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

@@ -18,7 +18,8 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{config_err, Result};
-use crate::util::{normal_rows, sample_rngs};
+use crate::seeding::sample_rngs;
+use crate::util::normal_rows;
 use eabs_core::{Bounds, Classifier, Differentiable, LossFn};
 
 /// Configuration of [`EstimatedGradient`].

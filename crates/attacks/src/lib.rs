@@ -13,11 +13,11 @@
 //!   [`Ddn`], [`CarliniWagnerL2`], [`Boundary`], [`AdditiveGaussianNoise`]).
 //! - [`attack_fixed`] / [`attack_min`] take a list of epsilons and return one [`Outcome`] per
 //!   epsilon: raw and clipped adversarials and per-sample success, re-checked on the model.
-//! - [`robust_to_all`]: the paper's "ALL" row.
+//! - [`robust_if_all_failed`]: the paper's "ALL" row from the attacks' success flags.
 //!
 //! # Randomness
 //! Every attack takes a `seed`; each sample draws from its own stream seeded by
-//! `(seed, hash of the sample)`, so results do not depend on batch order or size.
+//! `(seed, hash of the sample)` ([`seeding`]), so results do not depend on batch order or size.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -61,13 +61,14 @@ pub mod gradient_estimators;
 pub mod norms;
 pub mod paper;
 pub mod pgd;
-pub mod util;
+pub mod seeding;
+mod util;
 
 pub use additive_noise::{AdditiveGaussianNoise, AdditiveNoiseConfig};
 pub use apgd::{Apgd, ApgdConfig};
 pub use base::{
-    attack_fixed, attack_min, clip_to_ball, robust_accuracy_all, robust_to_all, validate_inputs,
-    Attack, FixedEpsilonAttack, MinimizationAttack, Outcome,
+    attack_fixed, attack_min, clip_to_ball, robust_accuracy_all, robust_if_all_failed,
+    validate_inputs, Attack, FixedEpsilonAttack, MinimizationAttack, Outcome,
 };
 pub use boundary::{starting_points_from_pool, Boundary, BoundaryConfig};
 pub use carlini_wagner::{CarliniWagnerL2, CwConfig};

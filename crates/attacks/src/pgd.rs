@@ -5,7 +5,7 @@
 //! - Restarts are built in and the best result is kept **per sample**: the first successful
 //!   restart, else the one with the highest loss. Later restarts only run on samples that are
 //!   still unsuccessful, which cannot change anyone's result.
-//! - Random starts come from per-sample streams (see [`crate::util`]), so results do not depend
+//! - Random starts come from per-sample streams (see [`crate::seeding`]), so results do not depend
 //!   on the batch composition.
 //! - Defaults are the paper's (Section 4.2): 80 steps, 5 or 20 random starts; Foolbox uses 40
 //!   (L_inf) / 50 (L_2) steps and one start.
@@ -24,9 +24,8 @@ use crate::criteria::{Criterion, Loss};
 use crate::error::{config_err, Error, Result};
 use crate::norms::Norm;
 use crate::paper::Dataset;
-use crate::util::{
-    checked_logits, checked_value_and_grad, put_rows, sample_rngs, take_rows, to_vec_f64,
-};
+use crate::seeding::sample_rngs;
+use crate::util::{checked_logits, checked_value_and_grad, put_rows, take_rows, to_vec_f64};
 use eabs_core::Differentiable;
 
 /// Configuration of [`Pgd`].

@@ -1,59 +1,17 @@
-//! Small tensor and randomness helpers shared by the attacks.
-//!
-//! # Per-sample random streams
-//! Every random choice of an attack (random starts, noise, proposals, estimator directions) is
-//! drawn from a ChaCha8 stream owned by one sample and seeded from `(seed, hash of the sample's
-//! values)`. A sample therefore gets the same random numbers whatever its position in the batch
-//! and whatever the batch size, so results do not depend on how a data set is split into batches
-//! (beyond what the model itself does), and no sample index has to be threaded through the API.
-//! Two bit-identical inputs get the same stream, which is harmless: they are the same question.
+//! Small tensor helpers shared by the attacks: row selection, per-sample noise from the streams
+//! of [`crate::seeding`], and model calls with their shapes checked. Private to the crate; the
+//! seeding that code outside shares is public in [`crate::seeding`].
 
 use candle_core::{DType, Device, Tensor, D};
 use rand::Rng;
-use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
 use eabs_core::{Classifier, Differentiable, LossFn};
 
-/// SplitMix64 finaliser: a cheap, well-mixed 64-bit hash step.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Seed of the random stream of one sample: `seed` mixed with a hash of the sample's f32 bits.
-pub fn sample_seed(seed: u64, row: &[f32]) -> u64 {
-    // FNV-1a over the bit patterns, then SplitMix with the user seed.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in row {
-        // Normalise -0.0 to 0.0 so that equal values hash equally.
-        let bits = if *v == 0.0 { 0 } else { v.to_bits() };
-        h ^= u64::from(bits);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    mix(mix(seed) ^ h)
-}
-
-/// One ChaCha8 stream per sample of `xs` (any shape with the batch first); see the module docs.
-pub fn sample_rngs(seed: u64, xs: &Tensor) -> Result<Vec<ChaCha8Rng>> {
-    let rows = flat_rows_f32(xs)?;
-    Ok(rows
-        .iter()
-        .map(|r| ChaCha8Rng::seed_from_u64(sample_seed(seed, r)))
-        .collect())
-}
-
-/// The rows of `xs` flattened to `Vec<f32>` each.
-pub fn flat_rows_f32(xs: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(xs.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
-}
-
 /// Standard normal noise, `(rngs.len(), dim)`, row `i` drawn from `rngs[i]`.
-pub fn normal_rows(rngs: &mut [ChaCha8Rng], dim: usize, device: &Device) -> Result<Tensor> {
+pub(crate) fn normal_rows(rngs: &mut [ChaCha8Rng], dim: usize, device: &Device) -> Result<Tensor> {
     let mut data = Vec::with_capacity(rngs.len() * dim);
     for rng in rngs.iter_mut() {
         for _ in 0..dim {
@@ -65,7 +23,7 @@ pub fn normal_rows(rngs: &mut [ChaCha8Rng], dim: usize, device: &Device) -> Resu
 }
 
 /// Uniform noise in `[lo, hi)`, `(rngs.len(), dim)`, row `i` drawn from `rngs[i]`.
-pub fn uniform_rows(
+pub(crate) fn uniform_rows(
     rngs: &mut [ChaCha8Rng],
     dim: usize,
     lo: f64,
@@ -83,22 +41,22 @@ pub fn uniform_rows(
 }
 
 /// `(b, 1)` column tensor of per-sample scalars, in `dtype` on `device`.
-pub fn column(values: &[f64], dtype: DType, device: &Device) -> Result<Tensor> {
+pub(crate) fn column(values: &[f64], dtype: DType, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(values.to_vec(), (values.len(), 1), device)?.to_dtype(dtype)?)
 }
 
 /// A `(b,)` or `(b, 1)` tensor as `Vec<f64>`.
-pub fn to_vec_f64(t: &Tensor) -> Result<Vec<f64>> {
+pub(crate) fn to_vec_f64(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
 }
 
 /// Per-row L2 norms of a `(b, d)` tensor as a `(b, 1)` tensor.
-pub fn l2_rows(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn l2_rows(t: &Tensor) -> Result<Tensor> {
     Ok(t.sqr()?.sum_keepdim(1)?.sqrt()?)
 }
 
 /// Rows of `(b, ...)` tensors: `mask[i] ? a[i] : b[i]`.
-pub fn where_rows(mask: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn where_rows(mask: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dims = a.dims().to_vec();
     let mut mshape = vec![1usize; dims.len()];
     mshape[0] = mask.len();
@@ -108,14 +66,14 @@ pub fn where_rows(mask: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// Selects rows `idx` of `t`.
-pub fn take_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
+pub(crate) fn take_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
     let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
     let ids = Tensor::new(ids.as_slice(), t.device())?;
     Ok(t.index_select(&ids, 0)?)
 }
 
 /// Returns `full` with rows `idx` replaced by the rows of `sub` (in order).
-pub fn put_rows(full: &Tensor, sub: &Tensor, idx: &[usize]) -> Result<Tensor> {
+pub(crate) fn put_rows(full: &Tensor, sub: &Tensor, idx: &[usize]) -> Result<Tensor> {
     if idx.is_empty() {
         return Ok(full.clone());
     }
@@ -130,7 +88,7 @@ pub fn put_rows(full: &Tensor, sub: &Tensor, idx: &[usize]) -> Result<Tensor> {
 }
 
 /// Calls the model and checks that the logits are `(batch, n_classes)`.
-pub fn checked_logits<M: Classifier + ?Sized>(model: &M, xs: &Tensor) -> Result<Tensor> {
+pub(crate) fn checked_logits<M: Classifier + ?Sized>(model: &M, xs: &Tensor) -> Result<Tensor> {
     let batch = xs.dim(0)?;
     let logits = model.logits(xs)?;
     if logits.dims() != [batch, model.n_classes()] {
@@ -144,7 +102,7 @@ pub fn checked_logits<M: Classifier + ?Sized>(model: &M, xs: &Tensor) -> Result<
 }
 
 /// Calls `value_and_grad` and checks both shapes: value `(batch,)` and grad shaped like `xs`.
-pub fn checked_value_and_grad<M: Differentiable + ?Sized>(
+pub(crate) fn checked_value_and_grad<M: Differentiable + ?Sized>(
     model: &M,
     xs: &Tensor,
     loss: &LossFn<'_>,
@@ -168,7 +126,7 @@ pub fn checked_value_and_grad<M: Differentiable + ?Sized>(
 }
 
 /// Class indices of the largest logits, `Vec<u32>`.
-pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+pub(crate) fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
     Ok(logits
         .argmax(D::Minus1)?
         .to_dtype(DType::U32)?
@@ -180,7 +138,7 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
 /// `(batch, n_classes)` tensor (Candle autodiff, or an override such as E-ABS's eq. (8) that
 /// evaluates the loss once), those logits are returned. Otherwise (EOT, estimated gradients:
 /// several calls) the model's `logits` is called.
-pub fn value_grad_logits<M: Differentiable + ?Sized>(
+pub(crate) fn value_grad_logits<M: Differentiable + ?Sized>(
     model: &M,
     xs: &Tensor,
     loss: &LossFn<'_>,
@@ -207,25 +165,50 @@ pub fn value_grad_logits<M: Differentiable + ?Sized>(
 mod tests {
     use super::*;
 
+    /// `logits = 2 xs` on 2 features and 2 classes, counting calls of `logits`.
+    struct Doubling {
+        calls: std::cell::Cell<usize>,
+        device: Device,
+    }
+
+    impl Classifier for Doubling {
+        fn bounds(&self) -> eabs_core::Bounds {
+            eabs_core::Bounds::UNIT
+        }
+        fn n_classes(&self) -> usize {
+            2
+        }
+        fn device(&self) -> &Device {
+            &self.device
+        }
+        fn logits(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+            self.calls.set(self.calls.get() + 1);
+            xs * 2.0
+        }
+    }
+
+    impl Differentiable for Doubling {}
+
     #[test]
-    fn streams_depend_on_content_not_position() {
-        assert_eq!(sample_seed(1, &[0.5, 0.0]), sample_seed(1, &[0.5, -0.0]));
-        assert_ne!(sample_seed(1, &[0.5, 0.0]), sample_seed(2, &[0.5, 0.0]));
-        assert_ne!(sample_seed(1, &[0.5, 0.0]), sample_seed(1, &[0.0, 0.5]));
-        let xs = Tensor::new(&[[0.1f32, 0.2], [0.3, 0.4]], &Device::Cpu).unwrap();
-        let swapped = Tensor::new(&[[0.3f32, 0.4], [0.1, 0.2]], &Device::Cpu).unwrap();
-        let mut a = sample_rngs(7, &xs).unwrap();
-        let mut b = sample_rngs(7, &swapped).unwrap();
-        let na = normal_rows(&mut a, 3, &Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        let nb = normal_rows(&mut b, 3, &Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(na[0], nb[1]);
-        assert_eq!(na[1], nb[0]);
+    fn logits_are_reused_only_when_the_loss_ran_once() -> Result<()> {
+        let model = Doubling {
+            calls: std::cell::Cell::new(0),
+            device: Device::Cpu,
+        };
+        let xs = Tensor::new(&[[0.25f32, 0.5], [1.0, 0.0]], &Device::Cpu)?;
+        let want = vec![vec![0.5f32, 1.0], vec![2.0, 0.0]];
+        let loss = |l: &Tensor| l.sum(1);
+        // Plain autodiff: one loss call on the logits, which are reused (one forward pass).
+        let (_, _, logits) = value_grad_logits(&model, &xs, &loss)?;
+        assert_eq!(logits.to_vec2::<f32>()?, want);
+        assert_eq!(model.calls.get(), 1);
+        // EOT: three loss calls, so the model is asked for its logits again.
+        let eot = crate::eot::Eot::new(&model, 3)?;
+        model.calls.set(0);
+        let (_, _, logits) = value_grad_logits(&eot, &xs, &loss)?;
+        assert_eq!(logits.to_vec2::<f32>()?, want);
+        assert!(model.calls.get() > 3, "{} calls", model.calls.get());
+        Ok(())
     }
 
     #[test]

@@ -135,29 +135,6 @@ fn eot_of_a_deterministic_model_is_the_model() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn logits_are_reused_only_when_the_loss_ran_once() -> Result<()> {
-    use eabs_attacks::util::value_grad_logits;
-    let inner = Linear::random(6, 3, 3);
-    let (xs, rows) = inputs(4, 6, 0.0, 1.0, 4);
-    let crit = Criterion::misclassification(labels(&inner, &rows));
-    let loss = Loss::CrossEntropy.function(&crit, 3, candle_core::DType::F32, &Device::Cpu)?;
-    let want = inner.logits(&xs)?.to_vec2::<f32>()?;
-    // Plain autodiff: one loss call; EOT: three calls, so the model is asked again.
-    let eot = Eot::new(&inner, 3)?;
-    for logits in [
-        value_grad_logits(&inner, &xs, &*loss)?.2,
-        value_grad_logits(&eot, &xs, &*loss)?.2,
-    ] {
-        for (r, s) in logits.to_vec2::<f32>()?.iter().zip(&want) {
-            for (a, b) in r.iter().zip(s) {
-                assert!((a - b).abs() < 1e-5);
-            }
-        }
-    }
-    Ok(())
-}
-
 /// A deterministic model whose `values_and_grads` runs one "forward pass" for all losses, as
 /// E-ABS inference does, and counts them. DeepFool must use it (one pass per step for the other
 /// candidates instead of one per candidate), and EOT must average it pass by pass.

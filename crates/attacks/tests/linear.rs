@@ -398,9 +398,9 @@ fn targeted_pgd_reaches_the_target() -> Result<()> {
 
 #[test]
 fn all_combination_is_per_sample() -> Result<()> {
-    let r = robust_to_all(&[&[true, false, false], &[false, false, true]])?;
+    let r = robust_if_all_failed(&[&[true, false, false], &[false, false, true]])?;
     assert_eq!(r, vec![false, true, false]);
-    assert!(robust_to_all(&[&[true], &[true, false]]).is_err());
-    assert!(robust_to_all(&[]).is_err());
+    assert!(robust_if_all_failed(&[&[true], &[true, false]]).is_err());
+    assert!(robust_if_all_failed(&[]).is_err());
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Shared vocabulary of the eabs workspace: input [`Bounds`], the [`Classifier`] trait that every
-//! attack is written against, and [`Differentiable`], its gradient hook.
+//! attack is written against, and [`Differentiable`], its gradient hook; plus the one [`adam`]
+//! optimiser, which training, inference and the Carlini-Wagner attack share.
 //!
 //! # Architecture invariant
 //! `eabs-attacks` depends on this crate only: an attack never sees a model's layers, only
@@ -8,6 +9,8 @@
 //! [`Differentiable::value_and_grad`]; everything else keeps the default, Candle autodiff on the
 //! input. This mirrors Foolbox 3's `Model` / `BaseGradientDescent.value_and_grad` split.
 #![warn(missing_docs)]
+
+pub mod adam;
 
 use candle_core::{Device, Result, Tensor, Var};
 

@@ -43,11 +43,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::adam::LatentAdam;
 use crate::candidates::{decode_checked, prior_checked, CandidateCache};
 use crate::config::{FinalEvaluation, InferenceConfig, LatentInference};
 use crate::error::{InferenceError, Result};
 use crate::model::LatentClassModel;
+use eabs_core::adam::{AdamConfig, LrPlacement, TensorAdam};
 
 /// Inference engine: a model, its settings and its decoded candidate pool.
 #[derive(Debug, Clone)]
@@ -425,10 +425,16 @@ impl<M: LatentClassModel> AbsInference<M> {
         let mut mu = start.means.clone();
         let mut lv = start.log_variances.clone();
         let c = &self.config;
-        let mut adam_mu =
-            LatentAdam::new(&mu, c.learning_rate, c.adam_beta1, c.adam_beta2, c.adam_eps)?;
-        let mut adam_lv =
-            LatentAdam::new(&lv, c.learning_rate, c.adam_beta1, c.adam_beta2, c.adam_eps)?;
+        // One state per latent tensor: Adam is element-wise, so this equals one optimiser per
+        // image and class (the reference's `auto_batch` runs one per chunk of 500 images).
+        let adam = AdamConfig::new(
+            c.adam_beta1,
+            c.adam_beta2,
+            c.adam_eps,
+            LrPlacement::AfterDivision,
+        );
+        let mut adam_mu = TensorAdam::new(adam, c.learning_rate, &mu)?;
+        let mut adam_lv = TensorAdam::new(adam, c.learning_rate, &lv)?;
         for _ in 0..c.n_adam_steps {
             let mu_var = Var::from_tensor(&mu)?;
             if variational {

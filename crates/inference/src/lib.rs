@@ -47,7 +47,6 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod adam;
 pub mod bound;
 pub mod candidates;
 mod classifier;

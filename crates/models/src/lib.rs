@@ -41,7 +41,6 @@
 #![warn(missing_docs)]
 
 pub mod abs;
-pub mod adam;
 pub mod checkpoint;
 pub mod cnn;
 pub mod config;
@@ -54,10 +53,11 @@ pub mod params;
 pub mod train;
 
 pub use abs::{AbsModel, EncodedLatents};
-pub use adam::Adam;
 pub use checkpoint::Checkpoint;
 pub use cnn::Cnn;
 pub use config::{AdvNorm, ArchConfig, ConvSpec, Family, ModelConfig, ModelKind, Variant};
+/// Training's optimiser; the one Adam of the workspace, in `eabs-core`.
+pub use eabs_core::adam::Adam;
 pub use error::{Error, Result};
 pub use model::Model;
 pub use modules::{Decoder, Discriminator, Encoder};

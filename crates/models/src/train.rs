@@ -25,7 +25,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::adam::Adam;
 use crate::checkpoint::{
     model_metadata, save_tensors, store_tensors, write_atomic, Checkpoint, KEY_TRAIN_STATE,
 };
@@ -34,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::loss::cross_entropy;
 use crate::model::Model;
 use crate::params::{derive_rng, derive_seed, Stream};
+use eabs_core::adam::Adam;
 
 /// A labelled image set the trainer can draw batches from.
 ///

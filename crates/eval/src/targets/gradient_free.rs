@@ -340,10 +340,7 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
                     );
                 }
                 let preds = pool_preds.as_deref().unwrap_or_default();
-                let sample_seeds: Vec<u64> = eabs_attacks::seeding::flat_rows_f32(xs)?
-                    .iter()
-                    .map(|row| eabs_attacks::seeding::sample_seed(seed ^ 0x57A2_7000, row))
-                    .collect();
+                let sample_seeds = eabs_attacks::seeding::sample_seeds(seed ^ 0x57A2_7000, xs)?;
                 let picks = choose_starting_points(ys, &sample_seeds, &pool_labels, preds)?;
                 let picks: Vec<u32> = picks.iter().map(|&p| p as u32).collect();
                 let picks = Tensor::new(picks.as_slice(), pool_images.device())?;
