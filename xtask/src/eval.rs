@@ -14,9 +14,9 @@ use eabs_datasets::{load, Split};
 use eabs_eval::experiment::{attack_fingerprint, with_eot};
 use eabs_eval::preset::{train_config, EvalSizes};
 use eabs_eval::provenance::{git_revision, unix_time, Hardware, Timer};
-use eabs_eval::suite::{clean_row, row_config, run_row_at};
+use eabs_eval::suite::{clean_row, row_config, run_row_at, Epsilon};
 use eabs_eval::targets::table::column_of;
-use eabs_eval::zoo::{attack_dataset, default_inference, to_evaluated, CheckpointId};
+use eabs_eval::zoo::{default_inference, to_evaluated, CheckpointId};
 use eabs_eval::{evaluate, select_subset, AttackKind, AttackRow};
 use eabs_inference::LatentInference;
 use eabs_models::Model;
@@ -165,7 +165,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if let Some(n) = args.adam_steps {
         sizes.n_adam_steps = n;
     }
-    let ds = attack_dataset(a.dataset);
+    let ds = a.dataset;
     let eps = match (row, args.epsilon) {
         (None, Some(_)) => bail!("--epsilon makes no sense for clean accuracy; give --attack too"),
         (None, None) => 0.0,
@@ -198,7 +198,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     // The checkpoint must hold the model and dataset asked for (its metadata says which), and
     // the journal is bound to its content, not its path.
     let checkpoint = CheckpointId::of(&ckpt)?;
-    let model = Model::load_as(&ckpt, a.dataset.into(), a.model, &device)
+    let model = Model::load_as(&ckpt, a.dataset, a.model, &device)
         .with_context(|| format!("loading {}", ckpt.display()))?;
     let mode = args.inference.map(|i| match i {
         InferenceArg::Exact => LatentInference::Exact,
@@ -257,7 +257,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let settings = serde_json::json!({
         "checkpoint_sha256": checkpoint.sha256,
         "test_data_sha256": test_sha256,
-        "train": train_config(a.preset, a.dataset.into(), a.model, a.seed),
+        "train": train_config(a.preset, a.dataset, a.model, a.seed),
         "inference": inference,
         "inference_seed": inference_seed,
         "row": row_name,

@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use eabs_datasets::{load, DatasetKind, Split};
-use eabs_models::{AdvNorm, Family, Model, ModelConfig, ModelKind, TrainConfig, Trainer, Variant};
+use eabs_models::{AdvNorm, Model, ModelConfig, ModelKind, TrainConfig, Trainer, Variant};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -64,13 +64,8 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The directory holding this model's `best.safetensors` / `last.safetensors`.
     pub fn model_dir(&self) -> PathBuf {
-        checkpoint_root(
-            &self.checkpoints,
-            Family::from(self.dataset),
-            self.preset,
-            self.seed,
-        )
-        .join(self.model.name())
+        checkpoint_root(&self.checkpoints, self.dataset, self.preset, self.seed)
+            .join(self.model.name())
     }
 }
 
@@ -147,7 +142,7 @@ fn run_custom(a: &ModelArgs, p: &ProtocolArgs) -> Result<()> {
         bail!("a custom protocol is for the CNN and the ABS family; adversarial training starts from the preset's CNN");
     }
     let device = a.device.device()?;
-    let family = Family::from(a.dataset);
+    let family = a.dataset;
     let train = load(a.dataset, Split::Train, a.data_dir.as_deref(), a.seed)?;
     let val = load(a.dataset, Split::Validation, a.data_dir.as_deref(), a.seed)?;
     let cfg = p.apply(train_config(a.preset, family, a.model, a.seed));
@@ -180,7 +175,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         bail!("--out is for a changed training protocol; the preset's models train into --checkpoints");
     }
     let device = a.device.device()?;
-    let family = Family::from(a.dataset);
+    let family = a.dataset;
     let data_dir = a.data_dir.as_deref();
     let train = load(a.dataset, Split::Train, data_dir, a.seed)?;
     let val = load(a.dataset, Split::Validation, data_dir, a.seed)?;
@@ -277,7 +272,7 @@ pub fn run_weights(cmd: &WeightsCommand) -> Result<()> {
             } else {
                 models.clone()
             };
-            let family = Family::from(*dataset);
+            let family = *dataset;
             let done = weights::release(checkpoints, weights, family, *preset, *seed, &kinds)?;
             if done.is_empty() {
                 bail!(
@@ -320,7 +315,12 @@ mod tests {
 
     #[test]
     fn protocol_flags_make_a_labelled_custom_run() {
-        let base = train_config(Preset::Quick, Family::FashionMnist, ModelKind::E_ABS, 0);
+        let base = train_config(
+            Preset::Quick,
+            DatasetKind::FashionMnist,
+            ModelKind::E_ABS,
+            0,
+        );
         let none = ProtocolArgs {
             out: Some("x".into()),
             ..Default::default()

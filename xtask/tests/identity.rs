@@ -11,7 +11,7 @@ use std::process::Command;
 
 use candle_core::Device;
 use eabs_models::checkpoint::{model_metadata, save_tensors, store_tensors};
-use eabs_models::{Family, Model, ModelConfig, ModelKind};
+use eabs_models::{DatasetKind, Model, ModelConfig, ModelKind};
 
 fn xtask() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -40,7 +40,7 @@ fn run(cmd: &mut Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn save(path: &Path, family: Family, kind: ModelKind, seed: u64) {
+fn save(path: &Path, family: DatasetKind, kind: ModelKind, seed: u64) {
     Model::new(&ModelConfig::paper(family, kind), seed, &Device::Cpu)
         .unwrap()
         .save(path)
@@ -74,7 +74,7 @@ fn cnn_fixture(ckpt_name: &str) -> Option<(tempfile::TempDir, PathBuf, PathBuf)>
     }
     let dir = tempfile::tempdir().unwrap();
     let (out, ckpt) = (dir.path().join("results"), dir.path().join(ckpt_name));
-    save(&ckpt, Family::FashionMnist, ModelKind::Cnn, 0);
+    save(&ckpt, DatasetKind::FashionMnist, ModelKind::Cnn, 0);
     Some((dir, out, ckpt))
 }
 
@@ -86,7 +86,7 @@ fn eval_results_are_bound_to_the_checkpoints_content() {
     let (ok, text) = run(&mut eval(&out, &ckpt, &["--model", "cnn"]));
     assert!(ok && text.contains("clean accuracy"), "{text}");
     // Another CNN at the same path: the journal is not reused, the run names what changed.
-    save(&ckpt, Family::FashionMnist, ModelKind::Cnn, 1);
+    save(&ckpt, DatasetKind::FashionMnist, ModelKind::Cnn, 1);
     let (ok, text) = run(&mut eval(&out, &ckpt, &["--model", "cnn"]));
     assert!(!ok, "a journal of other weights was reused: {text}");
     assert!(text.contains("checkpoint_sha256: was"), "{text}");
@@ -119,7 +119,7 @@ fn eval_refuses_a_checkpoint_of_another_kind_or_dataset() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results");
     let eabs = dir.path().join("eabs.safetensors");
-    save(&eabs, Family::FashionMnist, ModelKind::E_ABS, 0);
+    save(&eabs, DatasetKind::FashionMnist, ModelKind::E_ABS, 0);
     let (ok, text) = run(&mut eval(&out, &eabs, &["--model", "cnn"]));
     assert!(
         !ok && text
@@ -127,7 +127,7 @@ fn eval_refuses_a_checkpoint_of_another_kind_or_dataset() {
         "{text}"
     );
     let mnist = dir.path().join("mnist-cnn.safetensors");
-    save(&mnist, Family::Mnist, ModelKind::Cnn, 0);
+    save(&mnist, DatasetKind::Mnist, ModelKind::Cnn, 0);
     let (ok, text) = run(&mut eval(&out, &mnist, &["--model", "cnn"]));
     assert!(
         !ok && text.contains("holds a CNN for mnist, but a CNN for fashion-mnist was asked for"),

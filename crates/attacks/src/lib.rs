@@ -79,5 +79,4 @@ pub use eot::Eot;
 pub use error::{Error, Result};
 pub use gradient_estimators::{EstimatedGradient, EstimatorConfig};
 pub use norms::Norm;
-pub use paper::Dataset;
 pub use pgd::{Pgd, PgdConfig};

@@ -23,7 +23,6 @@ use crate::base::{check_batch, Attack, FixedEpsilonAttack};
 use crate::criteria::{Criterion, Loss};
 use crate::error::{config_err, Error, Result};
 use crate::norms::Norm;
-use crate::paper::Dataset;
 use crate::seeding::sample_rngs;
 use crate::util::{checked_logits, checked_value_and_grad, put_rows, take_rows, to_vec_f64};
 use eabs_core::Differentiable;
@@ -51,7 +50,7 @@ pub struct PgdConfig {
 
 impl PgdConfig {
     /// The paper's PGD (Section 4.2): 80 steps, `random_starts` random starts (5 for MNIST and
-    /// Fashion-MNIST, 20 for SVHN and SuperTraffic-10; see [`Dataset::pgd_random_starts`]),
+    /// Fashion-MNIST, 20 for SVHN and SuperTraffic-10: `eabs_datasets::DatasetKind::pgd_random_starts`),
     /// cross-entropy, Foolbox's relative step size for the norm.
     pub fn paper(norm: Norm, random_starts: usize) -> Self {
         Self {
@@ -85,11 +84,6 @@ impl PgdConfig {
     /// The total distance the iterates can travel, relative to epsilon (`steps x rel step`).
     pub fn relative_path(&self) -> f64 {
         self.steps as f64 * self.rel_stepsize
-    }
-
-    /// The paper's PGD for a data set (random starts from [`Dataset::pgd_random_starts`]).
-    pub fn paper_for(norm: Norm, dataset: Dataset) -> Self {
-        Self::paper(norm, dataset.pgd_random_starts())
     }
 
     /// The paper's PGD with estimated gradients (Section 4.2, "gradient-free attacks"): 50

@@ -41,7 +41,10 @@ impl Differentiable for ClassMeans {}
 /// Fits the class means on the first `n` training images.
 fn fit(exp: &Experiment<'_>, n: usize) -> Result<ClassMeans> {
     let idx: Vec<usize> = (0..n).collect();
-    let xs = exp.train.images_tensor(&idx, &exp.device)?.flatten_from(1)?;
+    let xs = exp
+        .train
+        .images_tensor(&idx, &exp.device)?
+        .flatten_from(1)?;
     let labels = &exp.train.labels;
     let onehot: Vec<f32> = (0..n)
         .flat_map(|i| (0..10).map(move |c| f32::from(u8::from(usize::from(labels[i]) == c))))
@@ -68,7 +71,7 @@ pub fn run(out: &Path, samples: usize) -> Result<String> {
     }
     add_all_row(&mut outcomes, Norm::Linf, &names)?;
     add_all_row(&mut outcomes, Norm::L2, &names)?;
-    let rows = eabs_eval::targets::table::table_rows(exp.attack_dataset);
+    let rows = eabs_eval::targets::table::table_rows(exp.dataset);
     let subset = exp.subset.clone();
     let (provenance, _, _lock) = exp.finish();
     let report = build(

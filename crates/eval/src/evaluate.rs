@@ -261,7 +261,8 @@ mod tests {
         std::fs::write(&journal, "{}\n")?;
         check_settings(&journal, &a, ResumePolicy::Refuse)?; // same settings: resume
         let b = serde_json::json!({"attack": "pgd", "steps": 80});
-        let err = check_settings(&journal, &b, ResumePolicy::Refuse).expect_err("other settings must not resume");
+        let err = check_settings(&journal, &b, ResumePolicy::Refuse)
+            .expect_err("other settings must not resume");
         assert!(
             format!("{err:#}").contains("other inputs: steps: was 20, now 80"),
             "{err:#}"

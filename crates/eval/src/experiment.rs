@@ -32,15 +32,16 @@ use eabs_attacks::Eot;
 use eabs_core::Differentiable;
 use eabs_datasets::{load, Dataset, DatasetKind, Split};
 use eabs_inference::LatentInference;
-use eabs_models::{Family, ModelKind};
+use eabs_models::ModelKind;
 use std::path::{Path, PathBuf};
 
 use crate::evaluate::{evaluate, select_subset, BatchResult, SampleRecord};
 use crate::lock::DirLock;
 use crate::preset::{train_config, EvalSizes};
 use crate::provenance::{git_revision, unix_time, Provenance, Timer};
+use crate::suite::Epsilon;
 use crate::suite::{clean_row, row_config, run_row, AttackRow};
-use crate::zoo::{attack_dataset, obtain, to_evaluated, CheckpointId, Evaluated, ModelStore, Obtained};
+use crate::zoo::{obtain, to_evaluated, CheckpointId, Evaluated, ModelStore, Obtained};
 use crate::RunSpec;
 
 /// A running experiment: its results folder (locked), its data and evaluation subset, its model
@@ -51,10 +52,6 @@ pub struct Experiment<'r> {
     pub id: String,
     /// The dataset.
     pub dataset: DatasetKind,
-    /// The model family of the dataset (architecture of Table 9).
-    pub family: Family,
-    /// The attack library's view of the dataset: its epsilons and PGD restarts.
-    pub attack_dataset: eabs_attacks::paper::Dataset,
     /// Where the numerics run.
     pub device: Device,
     /// `<out>/<id>/<preset>/`.
@@ -174,7 +171,12 @@ impl<'r> Experiment<'r> {
     /// Opens the results folder `<out>/<id>/<preset>/` of `run` (failing at once if another
     /// run holds it), loads the three splits of `dataset` and draws `n_samples` test samples
     /// with the run's seed.
-    pub fn open(run: &'r RunSpec, id: &str, dataset: DatasetKind, n_samples: usize) -> Result<Self> {
+    pub fn open(
+        run: &'r RunSpec,
+        id: &str,
+        dataset: DatasetKind,
+        n_samples: usize,
+    ) -> Result<Self> {
         Self::open_with(run, id, dataset, n_samples, true)
     }
 
@@ -193,7 +195,6 @@ impl<'r> Experiment<'r> {
         // long run.
         let commit = git_revision(Path::new("."));
         let device = run.device.device()?;
-        let family = Family::from(dataset);
         let out_dir = run.out.join(id).join(run.preset.as_str());
         let lock = DirLock::acquire(&out_dir, "results folder")?;
         let journal_root = out_dir.join("journal").join(format!("seed{}", run.seed));
@@ -217,8 +218,6 @@ impl<'r> Experiment<'r> {
             run,
             id: id.to_string(),
             dataset,
-            family,
-            attack_dataset: attack_dataset(dataset),
             device,
             out_dir,
             journal_root,
@@ -228,7 +227,7 @@ impl<'r> Experiment<'r> {
             test,
             subset,
             test_sha256,
-            store: run.model_store(family),
+            store: run.model_store(dataset),
             commit,
             started,
             lock,
@@ -245,7 +244,7 @@ impl<'r> Experiment<'r> {
     pub fn obtain(&mut self, kind: ModelKind) -> Result<Obtained> {
         obtain(
             kind,
-            self.family,
+            self.dataset,
             self.run.preset,
             self.run.seed,
             &self.store,
@@ -258,7 +257,7 @@ impl<'r> Experiment<'r> {
 
     /// The preset's training configuration of `kind`, with the run's seed.
     pub fn train_config(&self, kind: ModelKind) -> eabs_models::TrainConfig {
-        train_config(self.run.preset, self.family, kind, self.run.seed)
+        train_config(self.run.preset, self.dataset, kind, self.run.seed)
     }
 
     /// Freezes `obtained` as column `index` named `name`, with inference `mode` (default: the
@@ -350,7 +349,7 @@ impl<'r> Experiment<'r> {
         row_index: usize,
         sizes: &EvalSizes,
     ) -> Result<Vec<bool>> {
-        let ds = self.attack_dataset;
+        let ds = self.dataset;
         let seed = crate::seeds::attack(self.run.seed, row_index);
         let stochastic = column.is_stochastic();
         let settings = serde_json::json!({

@@ -103,6 +103,11 @@ impl<R: Record> Journal<R> {
         self.done.contains_key(&sample)
     }
 
+    /// Whether nothing is recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Number of recorded samples.
     pub fn len(&self) -> usize {
         self.done.len()

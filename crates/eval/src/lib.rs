@@ -143,7 +143,7 @@ impl RunSpec {
     }
 
     /// Where this run's models of `family` come from.
-    pub fn model_store(&self, family: eabs_models::Family) -> zoo::ModelStore {
+    pub fn model_store(&self, family: eabs_models::DatasetKind) -> zoo::ModelStore {
         let mut store = zoo::ModelStore::new(
             &self.checkpoints,
             self.weights.as_deref(),

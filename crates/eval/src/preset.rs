@@ -3,7 +3,7 @@
 //! run, `smoke` a CI-sized run of the whole pipeline.
 
 use eabs_inference::InferenceConfig;
-use eabs_models::{Family, ModelKind, TrainConfig};
+use eabs_models::{DatasetKind, ModelKind, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 /// Preset name.
@@ -212,7 +212,12 @@ impl GradientFreeSizes {
 }
 
 /// Training configuration of `kind` on `family` under `preset`, with the run's seed.
-pub fn train_config(preset: Preset, family: Family, kind: ModelKind, seed: u64) -> TrainConfig {
+pub fn train_config(
+    preset: Preset,
+    family: DatasetKind,
+    kind: ModelKind,
+    seed: u64,
+) -> TrainConfig {
     let c = match preset {
         Preset::Paper => TrainConfig::paper(family, kind),
         Preset::Quick => TrainConfig::quick(family, kind),

@@ -156,9 +156,10 @@ pub fn build(
                         attacks
                             .iter()
                             .map(|r| {
-                                outcomes[r].get(m).map(|v| v.as_slice()).with_context(|| {
-                                    format!("no outcomes for {m} on {}", r.key())
-                                })
+                                outcomes[r]
+                                    .get(m)
+                                    .map(|v| v.as_slice())
+                                    .with_context(|| format!("no outcomes for {m} on {}", r.key()))
                             })
                             .collect::<Result<Vec<_>>>()
                     })
@@ -192,7 +193,9 @@ pub fn build(
                     .map(|v| accuracy(v, ComparisonConfig::paper().confidence))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 let mcnemar = (models.len() >= 2)
-                    .then(|| PairwiseComparison::with_config(models, &vecs, ComparisonConfig::paper()))
+                    .then(|| {
+                        PairwiseComparison::with_config(models, &vecs, ComparisonConfig::paper())
+                    })
                     .transpose()?;
                 (accs, mcnemar)
             }

@@ -11,6 +11,8 @@ use eabs_core::{Classifier, Differentiable};
 
 use serde::{Deserialize, Serialize};
 
+use eabs_datasets::DatasetKind;
+
 use crate::evaluate::BatchResult;
 use crate::preset::EvalSizes;
 
@@ -84,7 +86,10 @@ impl AttackKind {
     pub fn supports(self, norm: Norm) -> bool {
         !matches!(
             (self, norm),
-            (AttackKind::Ddn | AttackKind::Cw | AttackKind::Boundary, Norm::Linf)
+            (
+                AttackKind::Ddn | AttackKind::Cw | AttackKind::Boundary,
+                Norm::Linf
+            )
         )
     }
 }
@@ -121,6 +126,22 @@ pub fn norm_title(norm: Norm) -> &'static str {
     match norm {
         Norm::Linf => "L_inf",
         Norm::L2 => "L_2",
+    }
+}
+
+/// The paper's perturbation budget of a norm on a dataset (Tables 1-4), from
+/// [`DatasetKind::linf_epsilon`] and [`DatasetKind::l2_epsilon`].
+pub trait Epsilon {
+    /// The radius of the `norm` ball.
+    fn epsilon(self, norm: Norm) -> f64;
+}
+
+impl Epsilon for DatasetKind {
+    fn epsilon(self, norm: Norm) -> f64 {
+        match norm {
+            Norm::Linf => self.linf_epsilon(),
+            Norm::L2 => self.l2_epsilon(),
+        }
     }
 }
 
@@ -238,12 +259,7 @@ pub const ATTACK_ROWS: [AttackRow; 8] = [
 /// The paper's PGD (Section 4.2) at the preset's steps and restarts (`None`: the paper's number
 /// of random starts for the dataset), its step sized to the steps
 /// ([`PgdConfig::paper_sized`]: the paper's total path whatever the number of steps).
-pub fn pgd_config(
-    sizes: &EvalSizes,
-    ds: eabs_attacks::paper::Dataset,
-    norm: Norm,
-    seed: u64,
-) -> PgdConfig {
+pub fn pgd_config(sizes: &EvalSizes, ds: DatasetKind, norm: Norm, seed: u64) -> PgdConfig {
     let restarts = sizes.pgd_restarts.unwrap_or_else(|| ds.pgd_random_starts());
     PgdConfig {
         seed,
@@ -284,7 +300,7 @@ fn noise_config(sizes: &EvalSizes, norm: Norm, seed: u64) -> AdditiveNoiseConfig
 pub fn row_config(
     row: AttackRow,
     sizes: &EvalSizes,
-    ds: eabs_attacks::paper::Dataset,
+    ds: DatasetKind,
     seed: u64,
 ) -> Result<serde_json::Value> {
     let norm = row.norm;
@@ -343,7 +359,7 @@ pub fn minimise<M: Classifier + ?Sized, A: MinimizationAttack<M>>(
 pub fn run_row<M: Differentiable + ?Sized>(
     row: AttackRow,
     sizes: &EvalSizes,
-    ds: eabs_attacks::paper::Dataset,
+    ds: DatasetKind,
     model: &M,
     xs: &Tensor,
     labels: &[u32],
@@ -366,7 +382,7 @@ pub fn run_row<M: Differentiable + ?Sized>(
 pub fn run_row_at<M: Differentiable + ?Sized>(
     row: AttackRow,
     sizes: &EvalSizes,
-    ds: eabs_attacks::paper::Dataset,
+    ds: DatasetKind,
     model: &M,
     xs: &Tensor,
     labels: &[u32],

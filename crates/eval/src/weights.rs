@@ -10,7 +10,7 @@
 //! retrain); `--retrain` ignores releases.
 
 use anyhow::{bail, Context, Result};
-use eabs_models::{Family, ModelKind, TrainConfig, TrainState};
+use eabs_models::{DatasetKind, ModelKind, TrainConfig, TrainState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub struct Release {
     /// Model name (`ModelKind::name`).
     pub model: String,
     /// Dataset family.
-    pub family: Family,
+    pub family: DatasetKind,
     /// Preset whose training sizes made it.
     pub preset: Preset,
     /// Training seed.
@@ -150,7 +150,7 @@ pub fn released_best(
 pub fn release(
     checkpoints: &Path,
     weights: &Path,
-    family: Family,
+    family: DatasetKind,
     preset: Preset,
     seed: u64,
     kinds: &[ModelKind],
@@ -243,8 +243,8 @@ mod tests {
 
     /// One epoch of a CNN on 16 random Fashion-MNIST-shaped images into the checkpoint tree.
     fn train_tiny(checkpoints: &Path, cfg: &TrainConfig) -> Result<()> {
-        let dir = checkpoint_root(checkpoints, cfg.family, Preset::Smoke, cfg.seed)
-            .join(cfg.kind.name());
+        let dir =
+            checkpoint_root(checkpoints, cfg.family, Preset::Smoke, cfg.seed).join(cfg.kind.name());
         let images = Tensor::rand(0f32, 1f32, (16, 1, 28, 28), &Device::Cpu)?;
         let data = TensorData::new(images, (0..16).map(|i| i % 10).collect(), "tiny")?;
         let mut model = Model::new(&ModelConfig::paper(cfg.family, cfg.kind), 0, &Device::Cpu)?;
@@ -256,7 +256,7 @@ mod tests {
     fn a_release_is_used_only_when_it_matches_and_is_intact() -> Result<()> {
         let tmp = tempfile::tempdir()?;
         let (ckpts, weights) = (tmp.path().join("checkpoints"), tmp.path().join("weights"));
-        let (family, kind) = (Family::FashionMnist, ModelKind::Cnn);
+        let (family, kind) = (DatasetKind::FashionMnist, ModelKind::Cnn);
         let cfg = TrainConfig {
             epochs: 1,
             batch_size: 8,

@@ -9,7 +9,7 @@ use eabs_inference::{
     AbsClassifier, AbsInference, FrozenAbsModel, InferenceConfig, LatentInference,
 };
 use eabs_models::{
-    AbsModel, Family, Model, ModelConfig, ModelKind, Trainer, TrainingData, Validator, Variant,
+    AbsModel, Model, ModelConfig, ModelKind, Trainer, TrainingData, Validator, Variant,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -18,20 +18,9 @@ use std::sync::Arc;
 use crate::preset::{train_config, EvalSizes, Preset};
 use crate::provenance::Timer;
 
-/// The attack library's name for a dataset (its epsilons and PGD restarts).
-pub fn attack_dataset(kind: DatasetKind) -> eabs_attacks::paper::Dataset {
-    use eabs_attacks::paper::Dataset as D;
-    match kind {
-        DatasetKind::Mnist => D::Mnist,
-        DatasetKind::FashionMnist => D::FashionMnist,
-        DatasetKind::Svhn => D::Svhn,
-        DatasetKind::SuperTraffic10 => D::SuperTraffic10,
-    }
-}
-
 /// Where the checkpoints of one (family, preset, seed) live: `<root>/<family>/<preset>/seed<S>/`,
 /// one directory per model kind below it.
-pub fn checkpoint_root(root: &Path, family: Family, preset: Preset, seed: u64) -> PathBuf {
+pub fn checkpoint_root(root: &Path, family: DatasetKind, preset: Preset, seed: u64) -> PathBuf {
     root.join(family.name())
         .join(preset.as_str())
         .join(format!("seed{seed}"))
@@ -78,7 +67,7 @@ impl ModelStore {
     pub fn new(
         checkpoints: &Path,
         weights: Option<&Path>,
-        family: Family,
+        family: DatasetKind,
         preset: Preset,
         seed: u64,
     ) -> Self {
@@ -139,7 +128,7 @@ pub struct Obtained {
 #[allow(clippy::too_many_arguments)]
 pub fn obtain(
     kind: ModelKind,
-    family: Family,
+    family: DatasetKind,
     preset: Preset,
     seed: u64,
     store: &ModelStore,

@@ -6,7 +6,10 @@ use eabs_eval::{DatasetKind, Experiment, Outcomes, Preset, RunSpec};
 use eabs_models::ModelKind;
 use std::path::Path;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/table2-smoke-13e4c30");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/table2-smoke-13e4c30"
+);
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
@@ -20,13 +23,18 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 #[test]
 fn journals_of_the_old_layout_resume_unchanged() -> anyhow::Result<()> {
     if !Path::new("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file() {
-        eprintln!("skipped: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)");
+        eprintln!(
+            "skipped: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+        );
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
     let fixture = Path::new(FIXTURE);
     let cnn = "fashion-mnist/smoke/seed0/CNN";
-    copy_dir(&fixture.join("checkpoints").join(cnn), &dir.path().join("checkpoints").join(cnn))?;
+    copy_dir(
+        &fixture.join("checkpoints").join(cnn),
+        &dir.path().join("checkpoints").join(cnn),
+    )?;
     let journals = dir.path().join("results/table2/smoke/journal/seed0/CNN");
     copy_dir(&fixture.join("journal/seed0/CNN"), &journals)?;
 
@@ -44,9 +52,8 @@ fn journals_of_the_old_layout_resume_unchanged() -> anyhow::Result<()> {
     let mut outcomes = Outcomes::new();
     exp.table_protocol(&column, &sizes, &mut outcomes)?;
 
-    let recorded: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        fixture.join("cnn-outcomes.json"),
-    )?)?;
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("cnn-outcomes.json"))?)?;
     assert_eq!(recorded["samples"], serde_json::json!(exp.subset));
     for (row, per_model) in &outcomes {
         assert_eq!(

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use eabs_inference::{
     AbsInference, FrozenAbsModel, InferenceConfig, LatentClassModel, LatentInference,
 };
-use eabs_models::{AbsModel, Family, ModelConfig, ModelKind};
+use eabs_models::{AbsModel, DatasetKind, ModelConfig, ModelKind};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -34,7 +34,7 @@ fn peak_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn run(family: Family, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+fn run(family: DatasetKind, name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let batch = env("EABS_BENCH_BATCH", 32);
     let model = AbsModel::new(
         &ModelConfig::paper(family, ModelKind::E_ABS),
@@ -99,10 +99,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eabs_kernels::tune_process();
     let which = std::env::var("EABS_BENCH_ARCH").unwrap_or_else(|_| "both".into());
     if which == "mnist" || which == "both" {
-        run(Family::Mnist, "MNIST")?;
+        run(DatasetKind::Mnist, "MNIST")?;
     }
     if which == "svhn" || which == "both" {
-        run(Family::Svhn, "SVHN")?;
+        run(DatasetKind::Svhn, "SVHN")?;
     }
     Ok(())
 }

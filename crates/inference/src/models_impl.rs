@@ -109,12 +109,12 @@ impl LatentClassModel for FrozenAbsModel {
 mod tests {
     use super::*;
     use crate::AbsInference;
-    use eabs_models::{Family, ModelKind, Variant};
+    use eabs_models::{DatasetKind, ModelKind, Variant};
 
     #[test]
     fn every_variant_runs_inference_with_the_right_shapes() {
         for variant in [Variant::ABS, Variant::A_ABS, Variant::D_ABS, Variant::E_ABS] {
-            let cfg = ModelConfig::paper(Family::Mnist, ModelKind::Abs(variant));
+            let cfg = ModelConfig::paper(DatasetKind::Mnist, ModelKind::Abs(variant));
             let model = AbsModel::new(&cfg, 3, &Device::Cpu).unwrap();
             let frozen = FrozenAbsModel::new(&model);
             assert_eq!(frozen.shared_encoder(), variant.discriminative);

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use eabs_models::params::{derive_rng, randn, Stream};
-use eabs_models::{AbsModel, Adam, Family, ModelConfig, ModelKind};
+use eabs_models::{AbsModel, Adam, DatasetKind, ModelConfig, ModelKind};
 
 fn time<F: FnMut() -> anyhow::Result<()>>(reps: usize, mut f: F) -> anyhow::Result<(f64, f64)> {
     f()?; // warm-up
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         mm, mm_gflops
     );
 
-    let cfg = ModelConfig::paper(Family::Mnist, ModelKind::E_ABS);
+    let cfg = ModelConfig::paper(DatasetKind::Mnist, ModelKind::E_ABS);
     let arch = &cfg.arch;
     let (enc_f, dec_f) = (arch.encoder_flops(), arch.decoder_flops());
     let k = arch.n_classes;

@@ -4,11 +4,11 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use eabs_models::{AbsModel, ArchConfig, Family, ModelConfig, ModelKind};
+use eabs_models::{AbsModel, ArchConfig, DatasetKind, ModelConfig, ModelKind};
 
 fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
-    let cfg = ModelConfig::paper(Family::Mnist, ModelKind::E_ABS);
+    let cfg = ModelConfig::paper(DatasetKind::Mnist, ModelKind::E_ABS);
     let arch: &ArchConfig = &cfg.arch;
     let model = AbsModel::new(&cfg, 0, &dev)?.frozen();
     let store = model.store();
@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
 fn step_split() -> anyhow::Result<()> {
     use eabs_models::params::{derive_rng, Stream};
     let dev = Device::Cpu;
-    let cfg = ModelConfig::paper(Family::Mnist, ModelKind::E_ABS);
+    let cfg = ModelConfig::paper(DatasetKind::Mnist, ModelKind::E_ABS);
     let model = AbsModel::new(&cfg, 0, &dev)?;
     let b = 128;
     let xs = Tensor::rand(0f32, 1f32, (b, 1, 28, 28), &dev)?;

@@ -1,6 +1,6 @@
 //! Architectures of Table 9 (Appendix C) and the model kinds of Sections 4.3 / 4.4.
 //!
-//! One [`ArchConfig`] per dataset family ([`Family`]), with the layer tables transcribed from
+//! One [`ArchConfig`] per dataset family ([`DatasetKind`]), with the layer tables transcribed from
 //! Table 9, plus the choices the paper leaves open, each marked "our decision" with its reason.
 //! [`ModelKind`] names the trained model: a CNN, an adversarially trained CNN, or one of the
 //! ABS-family variants (ABS, A-ABS, D-ABS, AD-ABS = E-ABS) as two flags ([`Variant`]).
@@ -9,73 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Dataset family; selects the Table 9 architecture, the latent size and the augmentation noise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Family {
-    /// MNIST, 1x28x28 (Table 9, first block).
-    Mnist,
-    /// Fashion-MNIST, 1x28x28 (same architecture as MNIST).
-    FashionMnist,
-    /// SuperTraffic-10, 3x32x32 (Table 9, second block).
-    SuperTraffic10,
-    /// SVHN, 3x32x32 (Table 9, third block).
-    Svhn,
-}
-
-impl Family {
-    /// All four families, in the paper's table order.
-    pub const ALL: [Family; 4] = [
-        Family::Mnist,
-        Family::FashionMnist,
-        Family::SuperTraffic10,
-        Family::Svhn,
-    ];
-
-    /// Standard deviation of the training-time Gaussian noise (Section 4.3: 0.2 for MNIST and
-    /// Fashion-MNIST, 0.01 for SuperTraffic-10 and SVHN).
-    pub fn noise_std(self) -> f64 {
-        match self {
-            Family::Mnist | Family::FashionMnist => 0.2,
-            Family::SuperTraffic10 | Family::Svhn => 0.01,
-        }
-    }
-
-    /// The L_inf radius the paper evaluates at (Tables 1-4): 0.3, 0.1, 8/255, 8/255.
-    pub fn linf_epsilon(self) -> f64 {
-        match self {
-            Family::Mnist => 0.3,
-            Family::FashionMnist => 0.1,
-            Family::SuperTraffic10 | Family::Svhn => 8.0 / 255.0,
-        }
-    }
-
-    /// The L_2 radius the paper evaluates at (Tables 1-4): 1.5 for every dataset.
-    pub fn l2_epsilon(self) -> f64 {
-        1.5
-    }
-
-    /// Lower-case name used in file names.
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Mnist => "mnist",
-            Family::FashionMnist => "fashion-mnist",
-            Family::SuperTraffic10 => "supertraffic10",
-            Family::Svhn => "svhn",
-        }
-    }
-}
-
-impl From<eabs_datasets::DatasetKind> for Family {
-    fn from(kind: eabs_datasets::DatasetKind) -> Self {
-        use eabs_datasets::DatasetKind as K;
-        match kind {
-            K::Mnist => Family::Mnist,
-            K::FashionMnist => Family::FashionMnist,
-            K::Svhn => Family::Svhn,
-            K::SuperTraffic10 => Family::SuperTraffic10,
-        }
-    }
-}
+/// The dataset selects the Table 9 architecture, the latent size and the augmentation noise:
+/// the workspace's one dataset enum, [`eabs_datasets::DatasetKind`].
+pub use eabs_datasets::DatasetKind;
 
 /// One convolution (or transposed convolution) row of Table 9.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,11 +144,11 @@ impl ArchConfig {
     }
 
     /// The Table 9 architecture of a dataset family.
-    pub fn for_family(family: Family) -> Self {
+    pub fn for_family(family: DatasetKind) -> Self {
         match family {
-            Family::Mnist | Family::FashionMnist => Self::mnist(),
-            Family::SuperTraffic10 => Self::super_traffic10(),
-            Family::Svhn => Self::svhn(),
+            DatasetKind::Mnist | DatasetKind::FashionMnist => Self::mnist(),
+            DatasetKind::SuperTraffic10 => Self::super_traffic10(),
+            DatasetKind::Svhn => Self::svhn(),
         }
     }
 
@@ -457,7 +393,7 @@ impl ModelKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// Dataset family.
-    pub family: Family,
+    pub family: DatasetKind,
     /// Which model.
     pub kind: ModelKind,
     /// Layer tables and open choices.
@@ -470,7 +406,7 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// The paper's configuration: Table 9 architecture, beta = 1, gamma = 10 (Section 3.2).
-    pub fn paper(family: impl Into<Family>, kind: ModelKind) -> Self {
+    pub fn paper(family: impl Into<DatasetKind>, kind: ModelKind) -> Self {
         let family = family.into();
         Self {
             family,
@@ -518,7 +454,7 @@ mod tests {
             assert_eq!(a.encoder_sides(), vec![32, 16, 8, 4, 1]);
             assert_eq!(a.encoder_features(), 128);
         }
-        for f in Family::ALL {
+        for f in DatasetKind::ALL {
             ArchConfig::for_family(f).validate().unwrap();
         }
     }
@@ -555,11 +491,11 @@ mod tests {
         assert_eq!(Variant::A_ABS.n_discriminators(10), 10);
         assert_eq!(Variant::E_ABS.n_discriminators(10), 1);
         assert!(Variant::D_ABS.shared_encoder() && !Variant::A_ABS.shared_encoder());
-        let c = ModelConfig::paper(Family::Svhn, ModelKind::E_ABS);
+        let c = ModelConfig::paper(DatasetKind::Svhn, ModelKind::E_ABS);
         let back: ModelConfig = serde_json::from_str(&c.to_json()).unwrap();
         assert_eq!(back, c);
         for k in eabs_datasets::DatasetKind::ALL {
-            let f = Family::from(k);
+            let f = k;
             assert_eq!(f.noise_std(), k.noise_std());
             assert_eq!(ArchConfig::for_family(f).image_shape, k.image_shape());
         }

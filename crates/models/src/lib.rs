@@ -2,7 +2,7 @@
 //! Model to More Complex Image Domains" (AISec 2020), in Candle, with their training.
 //!
 //! - Architectures of Table 9 for MNIST / Fashion-MNIST, SuperTraffic-10 and SVHN
-//!   ([`ArchConfig`], [`Family`]): [`Encoder`], [`Decoder`], [`Discriminator`].
+//!   ([`ArchConfig`], [`DatasetKind`]): [`Encoder`], [`Decoder`], [`Discriminator`].
 //! - Models: the CNN baseline ([`Cnn`], which implements `eabs_core::Classifier` and
 //!   `Differentiable`), and the ABS family ([`AbsModel`]: ABS, A-ABS, D-ABS, E-ABS from the two
 //!   flags of [`Variant`], Section 4.4).
@@ -31,8 +31,8 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor, DType};
-//! use eabs_models::{AbsModel, Family, ModelConfig, ModelKind};
-//! let cfg = ModelConfig::paper(Family::Mnist, ModelKind::E_ABS);
+//! use eabs_models::{AbsModel, DatasetKind, ModelConfig, ModelKind};
+//! let cfg = ModelConfig::paper(DatasetKind::Mnist, ModelKind::E_ABS);
 //! let model = AbsModel::new(&cfg, 0, &Device::Cpu).unwrap();
 //! let z = Tensor::zeros((3, 10), DType::F32, &Device::Cpu).unwrap();
 //! let x = model.decoders()[7].forward(&z, false).unwrap();
@@ -55,7 +55,7 @@ pub mod train;
 pub use abs::{AbsModel, EncodedLatents};
 pub use checkpoint::Checkpoint;
 pub use cnn::Cnn;
-pub use config::{AdvNorm, ArchConfig, ConvSpec, Family, ModelConfig, ModelKind, Variant};
+pub use config::{AdvNorm, ArchConfig, ConvSpec, DatasetKind, ModelConfig, ModelKind, Variant};
 /// Training's optimiser; the one Adam of the workspace, in `eabs-core`.
 pub use eabs_core::adam::Adam;
 pub use error::{Error, Result};

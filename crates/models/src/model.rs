@@ -7,7 +7,7 @@ use candle_core::Device;
 use crate::abs::AbsModel;
 use crate::checkpoint::{model_metadata, save_tensors, store_tensors, Checkpoint};
 use crate::cnn::Cnn;
-use crate::config::{Family, ModelConfig, ModelKind};
+use crate::config::{DatasetKind, ModelConfig, ModelKind};
 use crate::error::{Error, Result};
 use crate::layers::DropoutRng;
 use crate::params::ParamStore;
@@ -91,7 +91,12 @@ impl Model {
     /// metadata describes); otherwise [`Error::WrongModel`] naming both. What `eval
     /// --checkpoint` uses, so that an E-ABS file is never evaluated (and labelled) as a CNN, nor
     /// an MNIST model on Fashion-MNIST.
-    pub fn load_as(path: &Path, family: Family, kind: ModelKind, device: &Device) -> Result<Self> {
+    pub fn load_as(
+        path: &Path,
+        family: DatasetKind,
+        kind: ModelKind,
+        device: &Device,
+    ) -> Result<Self> {
         Self::load_checked(path, device, |found| {
             check_identity(path, found, family, kind)
         })
@@ -152,7 +157,12 @@ impl Model {
 }
 
 /// [`Error::WrongModel`] unless `found` is a `kind` model for `family`.
-fn check_identity(path: &Path, found: &ModelConfig, family: Family, kind: ModelKind) -> Result<()> {
+fn check_identity(
+    path: &Path,
+    found: &ModelConfig,
+    family: DatasetKind,
+    kind: ModelKind,
+) -> Result<()> {
     if found.kind != kind || found.family != family {
         return Err(Error::WrongModel {
             path: path.into(),

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{
     model_metadata, save_tensors, store_tensors, write_atomic, Checkpoint, KEY_TRAIN_STATE,
 };
-use crate::config::{AdvNorm, Family, ModelKind};
+use crate::config::{AdvNorm, DatasetKind, ModelKind};
 use crate::error::{Error, Result};
 use crate::loss::cross_entropy;
 use crate::model::Model;
@@ -131,7 +131,7 @@ pub struct TrainConfig {
     /// Preset name (`paper`, `quick`, `smoke`, or custom).
     pub preset: String,
     /// Dataset family (noise level).
-    pub family: Family,
+    pub family: DatasetKind,
     /// Model trained.
     pub kind: ModelKind,
     /// Total number of epochs.
@@ -206,7 +206,7 @@ pub struct AdvTrainConfig {
 
 impl AdvTrainConfig {
     /// Madry et al.'s recipe at the paper's epsilon for `family`.
-    pub fn madry(family: Family, norm: AdvNorm) -> Self {
+    pub fn madry(family: DatasetKind, norm: AdvNorm) -> Self {
         let (epsilon, rel_stepsize) = match norm {
             AdvNorm::Linf => (family.linf_epsilon(), 0.01 / 0.3),
             AdvNorm::L2 => (family.l2_epsilon(), 0.025),
@@ -254,7 +254,7 @@ impl TrainConfig {
     /// 500 epochs (800 for ABS-family models on SVHN, which the paper states for ABS and E-ABS;
     /// we apply it to the SVHN ablations too), Gaussian-noise augmentation at the dataset's
     /// level. Adversarially trained CNNs: 200 epochs at lr 1e-4, no decay, no noise.
-    pub fn paper(family: impl Into<Family>, kind: ModelKind) -> Self {
+    pub fn paper(family: impl Into<DatasetKind>, kind: ModelKind) -> Self {
         let family = family.into();
         let mut c = Self {
             preset: "paper".into(),
@@ -275,7 +275,7 @@ impl TrainConfig {
             selection_samples: Some(1000),
         };
         match kind {
-            ModelKind::Abs(_) if family == Family::Svhn => c.epochs = 800,
+            ModelKind::Abs(_) if family == DatasetKind::Svhn => c.epochs = 800,
             ModelKind::AdvCnn(norm) => {
                 c.adversarial = Some(AdvTrainConfig::madry(family, norm));
                 c.epochs = 200;
@@ -308,7 +308,7 @@ impl TrainConfig {
     /// equilibrium 1.39, real accuracy still rising; `results/training-protocol/README.md`).
     /// The schedule depends on the epoch index only, so the first 40 epochs are those of a
     /// 40-epoch run and a 40-epoch checkpoint resumes into this one.
-    pub fn quick(family: impl Into<Family>, kind: ModelKind) -> Self {
+    pub fn quick(family: impl Into<DatasetKind>, kind: ModelKind) -> Self {
         let p = Self::paper(family, kind);
         let adversarial = p.adversarial.is_some();
         let aae = matches!(kind, ModelKind::Abs(v) if v.adversarial);
@@ -332,7 +332,7 @@ impl TrainConfig {
     /// A smoke test: the paper's settings for 2 epochs on 1024 training and 256 validation
     /// samples (two batches of 512 per epoch), 3 PGD steps per adversarial-training batch
     /// (sized by [`AdvTrainConfig::with_steps`]).
-    pub fn smoke(family: impl Into<Family>, kind: ModelKind) -> Self {
+    pub fn smoke(family: impl Into<DatasetKind>, kind: ModelKind) -> Self {
         let p = Self::paper(family, kind);
         Self {
             preset: "smoke".into(),

@@ -9,7 +9,8 @@ use eabs_core::{Classifier, Differentiable};
 use eabs_models::checkpoint::{model_metadata, save_tensors, store_tensors};
 use eabs_models::params::{derive_rng, Stream};
 use eabs_models::{
-    AbsModel, Adam, AdvNorm, Cnn, Error, Family, Model, ModelConfig, ModelKind, Trainer, Variant,
+    AbsModel, Adam, AdvNorm, Cnn, DatasetKind, Error, Model, ModelConfig, ModelKind, Trainer,
+    Variant,
 };
 
 const ALL_KINDS: [ModelKind; 5] = [
@@ -23,7 +24,7 @@ const ALL_KINDS: [ModelKind; 5] = [
 #[test]
 fn every_table_9_config_has_the_right_shapes() -> anyhow::Result<()> {
     let dev = Device::Cpu;
-    for family in Family::ALL {
+    for family in DatasetKind::ALL {
         let cfg = ModelConfig::paper(family, ModelKind::E_ABS);
         let (c, h, w) = cfg.arch.image_shape;
         let m = AbsModel::new(&cfg, 0, &dev)?;
@@ -47,7 +48,11 @@ fn every_table_9_config_has_the_right_shapes() -> anyhow::Result<()> {
         assert_eq!(cnn.forward(&xs, true)?.dims(), &[2, 10]);
     }
     // Discriminator widths: 512/256 for SVHN.
-    let svhn = AbsModel::new(&ModelConfig::paper(Family::Svhn, ModelKind::E_ABS), 0, &dev)?;
+    let svhn = AbsModel::new(
+        &ModelConfig::paper(DatasetKind::Svhn, ModelKind::E_ABS),
+        0,
+        &dev,
+    )?;
     assert_eq!(
         svhn.store().params()["discriminator.fc0.weight"].dims(),
         &[512, 40]
@@ -402,7 +407,7 @@ fn bad_checkpoints_give_named_errors() -> anyhow::Result<()> {
             .contains("but a CNN for mnist was asked for"),
         "{err}"
     );
-    let err = Model::load_as(&good, Family::FashionMnist, ModelKind::E_ABS, &dev).unwrap_err();
+    let err = Model::load_as(&good, DatasetKind::FashionMnist, ModelKind::E_ABS, &dev).unwrap_err();
     assert!(
         err.to_string()
             .contains("E-ABS for fashion-mnist was asked for"),
@@ -532,7 +537,11 @@ fn resuming_with_another_model_is_refused() -> anyhow::Result<()> {
 fn data_that_does_not_fit_is_rejected() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let dev = Device::Cpu;
-    let mut m = Model::new(&ModelConfig::paper(Family::Mnist, ModelKind::Cnn), 0, &dev)?;
+    let mut m = Model::new(
+        &ModelConfig::paper(DatasetKind::Mnist, ModelKind::Cnn),
+        0,
+        &dev,
+    )?;
     let err = Trainer::new(tiny_train_config(ModelKind::Cnn, 1), dir.path())?
         .run(
             &mut m,
@@ -645,7 +654,7 @@ fn abs_family_learns_the_synthetic_task() -> anyhow::Result<()> {
 #[test]
 fn paper_presets_follow_section_4_3() {
     use eabs_models::TrainConfig;
-    let e = TrainConfig::paper(Family::Mnist, ModelKind::E_ABS);
+    let e = TrainConfig::paper(DatasetKind::Mnist, ModelKind::E_ABS);
     assert_eq!(
         (e.epochs, e.batch_size, e.lr, e.lr_halve_every, e.noise_std),
         (500, 512, 1e-3, Some(200), 0.2)
@@ -654,13 +663,19 @@ fn paper_presets_follow_section_4_3() {
     assert_eq!(e.lr_at(200), 5e-4);
     assert_eq!(e.lr_at(450), 2.5e-4);
     assert_eq!(
-        TrainConfig::paper(Family::Svhn, ModelKind::E_ABS).epochs,
+        TrainConfig::paper(DatasetKind::Svhn, ModelKind::E_ABS).epochs,
         800
     );
-    assert_eq!(TrainConfig::paper(Family::Svhn, ModelKind::ABS).epochs, 800);
-    assert_eq!(TrainConfig::paper(Family::Svhn, ModelKind::Cnn).epochs, 500);
     assert_eq!(
-        TrainConfig::paper(Family::Svhn, ModelKind::Cnn).noise_std,
+        TrainConfig::paper(DatasetKind::Svhn, ModelKind::ABS).epochs,
+        800
+    );
+    assert_eq!(
+        TrainConfig::paper(DatasetKind::Svhn, ModelKind::Cnn).epochs,
+        500
+    );
+    assert_eq!(
+        TrainConfig::paper(DatasetKind::Svhn, ModelKind::Cnn).noise_std,
         0.01
     );
     let adv = TrainConfig::paper(
@@ -674,33 +689,39 @@ fn paper_presets_follow_section_4_3() {
     let a = adv.adversarial.expect("adversarial settings");
     assert_eq!(a.epsilon, 0.1);
     assert_eq!(
-        TrainConfig::paper(Family::Svhn, ModelKind::AdvCnn(AdvNorm::L2))
+        TrainConfig::paper(DatasetKind::Svhn, ModelKind::AdvCnn(AdvNorm::L2))
             .adversarial
             .map(|a| a.epsilon),
         Some(1.5)
     );
     // smoke shrinks epochs and data only; quick also takes the CPU's batch size (64: more
     // updates in the same time, the budget that limits ABS-family models).
-    let t = TrainConfig::smoke(Family::Mnist, ModelKind::E_ABS);
+    let t = TrainConfig::smoke(DatasetKind::Mnist, ModelKind::E_ABS);
     assert_eq!((t.batch_size, t.lr, t.noise_std), (512, 1e-3, 0.2));
     assert!(t.epochs < 500 && t.max_train_samples.is_some());
-    let q = TrainConfig::quick(Family::Mnist, ModelKind::E_ABS);
+    let q = TrainConfig::quick(DatasetKind::Mnist, ModelKind::E_ABS);
     assert_eq!(
         (q.batch_size, q.lr, q.noise_std, q.epochs, q.lr_halve_every),
         (64, 1e-3, 0.2, 80, Some(16))
     );
     // Models without an adversarial autoencoder keep 40 epochs; A-ABS has one, like E-ABS.
-    assert_eq!(TrainConfig::quick(Family::Mnist, ModelKind::ABS).epochs, 40);
-    assert_eq!(TrainConfig::quick(Family::Mnist, ModelKind::Cnn).epochs, 40);
     assert_eq!(
-        TrainConfig::quick(Family::Mnist, ModelKind::Abs(Variant::A_ABS)).epochs,
+        TrainConfig::quick(DatasetKind::Mnist, ModelKind::ABS).epochs,
+        40
+    );
+    assert_eq!(
+        TrainConfig::quick(DatasetKind::Mnist, ModelKind::Cnn).epochs,
+        40
+    );
+    assert_eq!(
+        TrainConfig::quick(DatasetKind::Mnist, ModelKind::Abs(Variant::A_ABS)).epochs,
         80
     );
     assert_eq!(
         (q.max_train_samples, q.selection_samples),
         (Some(10_000), Some(300))
     );
-    let qa = TrainConfig::quick(Family::Mnist, ModelKind::AdvCnn(AdvNorm::L2));
+    let qa = TrainConfig::quick(DatasetKind::Mnist, ModelKind::AdvCnn(AdvNorm::L2));
     assert_eq!((qa.epochs, qa.lr_halve_every, qa.batch_size), (8, None, 64));
 }
 
@@ -862,14 +883,14 @@ fn e_abs_training_is_bit_reproducible() -> anyhow::Result<()> {
         )?)
     };
     let (train, val) = (random(128, 1, "train")?, random(16, 2, "val")?);
-    let cfg = ModelConfig::paper(Family::Mnist, ModelKind::E_ABS);
+    let cfg = ModelConfig::paper(DatasetKind::Mnist, ModelKind::E_ABS);
     let tc = eabs_models::TrainConfig {
         preset: "test".into(),
         epochs: 1,
         batch_size: 64,
         max_train_samples: None,
         max_val_samples: None,
-        ..eabs_models::TrainConfig::smoke(Family::Mnist, ModelKind::E_ABS)
+        ..eabs_models::TrainConfig::smoke(DatasetKind::Mnist, ModelKind::E_ABS)
     };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build()?;
     let digests: Vec<(String, String)> = (0..2)

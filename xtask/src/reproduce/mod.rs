@@ -144,8 +144,18 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         Target::Table3 => vec![DatasetKind::SuperTraffic10],
         Target::Table4 => vec![DatasetKind::Svhn],
         Target::Fig3 => return show(&figures::figure3(&spec)?, "figure.md"),
-        Target::Fig4 => return show(&figures::examples("fig4", DatasetKind::Mnist, &spec)?, "figure.md"),
-        Target::Fig5 => return show(&figures::examples("fig5", DatasetKind::Svhn, &spec)?, "figure.md"),
+        Target::Fig4 => {
+            return show(
+                &figures::examples("fig4", DatasetKind::Mnist, &spec)?,
+                "figure.md",
+            )
+        }
+        Target::Fig5 => {
+            return show(
+                &figures::examples("fig5", DatasetKind::Svhn, &spec)?,
+                "figure.md",
+            )
+        }
         Target::Table5 => return show(&ablation::run(&spec)?, "table.md"),
         Target::GradientFree => return show(&gradient_free::run(&spec)?, "table.md"),
         Target::All => vec![

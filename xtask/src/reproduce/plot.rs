@@ -18,7 +18,7 @@ use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// Family name the loaded font is registered under (plotters' default family).
+/// DatasetKind name the loaded font is registered under (plotters' default family).
 const FONT_FAMILY: &str = "sans-serif";
 
 /// Where DejaVu Sans lives on common Linux distributions and macOS (Homebrew).

@@ -42,6 +42,7 @@ use std::path::PathBuf;
 
 use crate::experiment::{inference_settings, Experiment};
 use crate::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
+use crate::suite::Epsilon;
 use crate::suite::{AttackKind, AttackRow, RowKey, ATTACK_ROWS};
 use crate::RunSpec;
 
@@ -164,7 +165,7 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
     let (kind, dir_name) = spec.experiment_dataset("table5", DatasetKind::Svhn);
     let sizes = spec.eval_sizes();
     let mut exp = Experiment::open(spec, &dir_name, kind, sizes.n_samples)?;
-    let ds = exp.attack_dataset;
+    let ds = exp.dataset;
     let rows = pgd_rows();
 
     let names: Vec<String> = COLUMNS.iter().map(|c| c.name()).collect();
@@ -178,8 +179,13 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
                 continue;
             }
             let name = spec_column.name();
-            let mut column =
-                exp.column(c_idx, &name, obtained.clone(), &sizes, Some(spec_column.mode))?;
+            let mut column = exp.column(
+                c_idx,
+                &name,
+                obtained.clone(),
+                &sizes,
+                Some(spec_column.mode),
+            )?;
             // Table 5's journals are bound to the column and its full inference settings.
             column.settings = serde_json::json!({
                 "column": name,

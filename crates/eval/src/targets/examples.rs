@@ -24,7 +24,9 @@
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use eabs_attacks::{clip_to_ball, validate_inputs, Criterion, FixedEpsilonAttack, Norm, Pgd, PgdConfig};
+use eabs_attacks::{
+    clip_to_ball, validate_inputs, Criterion, FixedEpsilonAttack, Norm, Pgd, PgdConfig,
+};
 use eabs_core::Differentiable;
 use eabs_datasets::DatasetKind;
 use eabs_models::ModelKind;
@@ -37,6 +39,7 @@ use crate::lock::DirLock;
 use crate::preset::Preset;
 use crate::provenance::Provenance;
 use crate::suite::pgd_config;
+use crate::suite::Epsilon;
 use crate::targets::figure3::pgd_seed;
 use crate::targets::table::column_of;
 use crate::RunSpec;
@@ -149,7 +152,7 @@ pub fn run(figure: &str, default: DatasetKind, spec: &RunSpec) -> Result<Example
     let sizes = spec.eval_sizes();
     // Nothing is journaled: a rerun recomputes the same images, and its stages are its own.
     let mut exp = Experiment::open_with(spec, &dir_name, kind, sizes.n_samples, false)?;
-    let ds = exp.attack_dataset;
+    let ds = exp.dataset;
     // The tables' evaluation subset; the figure shows its first columns.
     let idx: Vec<usize> = exp.subset[..n_columns(spec.preset).min(exp.subset.len())].to_vec();
 
@@ -172,8 +175,9 @@ pub fn run(figure: &str, default: DatasetKind, spec: &RunSpec) -> Result<Example
             let start = k * sizes.batch_size.max(1);
             let xb = xs.narrow(0, start, chunk.len())?;
             let lb = &labels[start..start + chunk.len()];
-            let (a, cp, ap, d2, di) =
-                with_eot(clf, sizes.eot_samples, |m| attack_batch(m, &xb, lb, &pgd, eps))?;
+            let (a, cp, ap, d2, di) = with_eot(clf, sizes.eot_samples, |m| {
+                attack_batch(m, &xb, lb, &pgd, eps)
+            })?;
             parts.0.push(a);
             parts.1.extend(cp);
             parts.2.extend(ap);
@@ -507,7 +511,6 @@ pub fn synthetic() -> Result<(ExamplesReport, Tensor, Tensor)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     #[test]
     fn data_verifies_and_tampering_is_caught() -> Result<()> {

@@ -27,9 +27,9 @@ use crate::experiment::{attack_fingerprint, with_eot, Experiment};
 use crate::lock::DirLock;
 use crate::preset::Preset;
 use crate::provenance::Provenance;
+use crate::suite::Epsilon;
 use crate::suite::{pgd_config, rows_of, AttackKind, AttackRow};
 use crate::targets::table::MODEL_KINDS;
-use crate::zoo::attack_dataset;
 use crate::RunSpec;
 
 /// The two panels: (a) L_inf and (b) L_2, with the names used in files and JSON.
@@ -60,7 +60,7 @@ pub fn epsilon_grid(kind: DatasetKind, norm: Norm, preset: Preset) -> Vec<f64> {
     if preset != Preset::Smoke {
         return full;
     }
-    let eps = attack_dataset(kind).epsilon(norm);
+    let eps = kind.epsilon(norm);
     let half = full
         .iter()
         .copied()
@@ -325,7 +325,7 @@ pub fn panels(
     models: &[String],
     kind: DatasetKind,
 ) -> Result<Vec<Panel>> {
-    let ds = attack_dataset(kind);
+    let ds = kind;
     PANELS
         .iter()
         .map(|&(name, norm)| {
@@ -381,7 +381,7 @@ pub struct Figure3Run {
 pub fn run(spec: &RunSpec, charts_have_text: bool) -> Result<Figure3Run> {
     let (kind, dir_name) = spec.experiment_dataset("fig3", DatasetKind::Svhn);
     let sizes = spec.eval_sizes();
-    let ds = attack_dataset(kind);
+    let ds = kind;
     let grids: BTreeMap<String, Vec<f64>> = PANELS
         .iter()
         .map(|&(name, norm)| (name.to_string(), epsilon_grid(kind, norm, spec.preset)))
@@ -668,7 +668,7 @@ mod tests {
     fn grids_bracket_the_table_epsilons() -> Result<()> {
         for kind in DatasetKind::ALL {
             for &(_, norm) in &PANELS {
-                let eps = attack_dataset(kind).epsilon(norm);
+                let eps = kind.epsilon(norm);
                 for preset in [Preset::Smoke, Preset::Quick, Preset::Paper] {
                     let grid = epsilon_grid(kind, norm, preset);
                     check_grid(&grid, eps)?;
@@ -726,7 +726,6 @@ mod tests {
         assert_eq!(non_monotone_samples(&robust), 2);
         assert_eq!(non_monotone_samples(&[]), 0);
     }
-
 
     #[test]
     fn data_verifies_and_tampering_is_caught() -> Result<()> {

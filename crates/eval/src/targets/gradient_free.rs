@@ -50,6 +50,7 @@ use crate::evaluate::BatchResult;
 use crate::experiment::{attack_fingerprint, inference_settings, Experiment};
 use crate::preset::{EvalSizes, GradientFreeSizes};
 use crate::report::{add_all_row, build, to_markdown, write_outputs, Outcomes};
+use crate::suite::Epsilon;
 use crate::suite::{fixed, rows_of, AttackKind, AttackRow, RowKey};
 use crate::targets::ablation::{insert_before_provenance, per_row_mcnemar};
 use crate::zoo::to_evaluated;
@@ -244,7 +245,7 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
         ..EvalSizes::of(spec.preset)
     };
     let mut exp = Experiment::open(spec, &dir_name, kind, gsizes.n_samples)?;
-    let ds = exp.attack_dataset;
+    let ds = exp.dataset;
     let pool = select_pool(exp.test.len(), &exp.subset, POOL_SIZE, spec.seed);
     let pool_labels: Vec<u32> = pool.iter().map(|&i| exp.test.labels[i] as u32).collect();
     let pool_images = exp.test.images_tensor(&pool, &exp.device)?;

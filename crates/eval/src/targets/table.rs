@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::experiment::Experiment;
 use crate::report::{add_all_row, build, write_outputs, Outcomes};
+use crate::suite::Epsilon;
 use crate::suite::{RowKey, ATTACK_ROWS};
 use crate::RunSpec;
 
@@ -39,7 +40,7 @@ pub fn table_of(kind: DatasetKind) -> &'static str {
 
 /// The rows of a table in the paper's order: clean, then per norm its attacks and its ALL
 /// row, each with its epsilon.
-pub fn table_rows(ds: eabs_attacks::paper::Dataset) -> Vec<(RowKey, f64)> {
+pub fn table_rows(ds: DatasetKind) -> Vec<(RowKey, f64)> {
     let mut order = vec![(RowKey::Clean, 0.0)];
     for norm in [Norm::Linf, Norm::L2] {
         let eps = ds.epsilon(norm);
@@ -56,7 +57,7 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
     let table = table_of(kind);
     let sizes = spec.eval_sizes();
     let mut exp = Experiment::open(spec, table, kind, sizes.n_samples)?;
-    let ds = exp.attack_dataset;
+    let ds = exp.dataset;
     let mut outcomes: Outcomes = Outcomes::new();
     let names: Vec<String> = MODEL_KINDS.iter().map(|k| k.name().to_string()).collect();
     let mut checkpoint_files = Vec::new();
@@ -84,8 +85,9 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
     });
     let subset = exp.subset.clone();
     let (provenance, out_dir, _lock) = exp.finish();
-    let paper =
-        |m: &str, row: RowKey| crate::paper::paper_accuracy(table, m, row.norm_str(), row.attack_str());
+    let paper = |m: &str, row: RowKey| {
+        crate::paper::paper_accuracy(table, m, row.norm_str(), row.attack_str())
+    };
     let report = build(
         table,
         kind.name(),
@@ -115,7 +117,7 @@ mod tests {
 
     #[test]
     fn rows_are_the_papers_in_order() {
-        let rows = table_rows(eabs_attacks::paper::Dataset::FashionMnist);
+        let rows = table_rows(DatasetKind::FashionMnist);
         let keys: Vec<(&str, &str)> = rows
             .iter()
             .map(|(r, _)| (r.norm_str(), r.attack_str()))

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use eabs_models::config::ConvSpec;
-use eabs_models::{ArchConfig, Family, ModelConfig, ModelKind, TensorData, TrainConfig};
+use eabs_models::{ArchConfig, DatasetKind, ModelConfig, ModelKind, TensorData, TrainConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -33,7 +33,7 @@ pub fn tiny_arch() -> ArchConfig {
 pub fn tiny_config(kind: ModelKind) -> ModelConfig {
     ModelConfig {
         arch: tiny_arch(),
-        ..ModelConfig::paper(Family::Mnist, kind)
+        ..ModelConfig::paper(DatasetKind::Mnist, kind)
     }
 }
 
@@ -59,7 +59,7 @@ pub fn synthetic(n: usize, seed: u64, name: &str) -> TensorData {
 
 /// A tiny run; adversarial runs use 3 PGD steps at epsilon 0.1.
 pub fn tiny_train_config(kind: ModelKind, epochs: usize) -> TrainConfig {
-    let smoke = TrainConfig::smoke(Family::Mnist, kind);
+    let smoke = TrainConfig::smoke(DatasetKind::Mnist, kind);
     let adversarial = smoke
         .adversarial
         .clone()
