@@ -26,7 +26,7 @@
 //! # Ok(()) }
 //! ```
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use eabs_attacks::Eot;
 use eabs_core::Differentiable;
@@ -292,6 +292,33 @@ impl<'r> Experiment<'r> {
             inference_seed,
             settings,
         })
+    }
+
+    /// Binds `column`'s journals to its full inference configuration rather than only its
+    /// sizes, as Table 5 (whose columns differ in inference alone; `table5_column` names the
+    /// column) and the gradient-free check do.
+    pub fn bind_full_inference(
+        &self,
+        column: &mut ModelColumn,
+        table5_column: Option<&str>,
+    ) -> Result<()> {
+        let kind = column
+            .kind
+            .context("only the paper's models have training settings to bind")?;
+        let mut settings = serde_json::json!({
+            "model": kind.name(),
+            "train": self.train_config(kind),
+            "checkpoint_sha256": column.checkpoint.as_ref().map(|c| c.sha256.clone()),
+            "test_data_sha256": self.test_sha256,
+            "inference": inference_settings(&column.evaluated)?,
+            "inference_seed": column.inference_seed,
+            "seed": self.run.seed,
+        });
+        if let (Some(name), Some(map)) = (table5_column, settings.as_object_mut()) {
+            map.insert("column".into(), name.into());
+        }
+        column.settings = settings;
+        Ok(())
     }
 
     /// The journal of `row` (`clean`, `linf-pgd`, ...) of column `column`.

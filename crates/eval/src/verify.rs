@@ -15,7 +15,8 @@ struct OutcomesFile {
     outcomes: BTreeMap<String, BTreeMap<String, Vec<bool>>>,
 }
 
-fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+/// Reads and parses a JSON file, naming it in errors.
+pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not well-formed", path.display()))

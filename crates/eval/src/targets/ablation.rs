@@ -40,7 +40,7 @@ use eabs_inference::LatentInference;
 use eabs_models::{ModelKind, Variant};
 use std::path::PathBuf;
 
-use crate::experiment::{inference_settings, Experiment};
+use crate::experiment::Experiment;
 use crate::report::{build, to_markdown, write_outputs, Outcomes, TableReport};
 use crate::suite::Epsilon;
 use crate::suite::{AttackKind, AttackRow, RowKey, ATTACK_ROWS};
@@ -186,17 +186,7 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
                 &sizes,
                 Some(spec_column.mode),
             )?;
-            // Table 5's journals are bound to the column and its full inference settings.
-            column.settings = serde_json::json!({
-                "column": name,
-                "model": mk.name(),
-                "train": exp.train_config(mk),
-                "checkpoint_sha256": column.checkpoint.as_ref().map(|c| c.sha256.clone()),
-                "test_data_sha256": exp.test_sha256,
-                "inference": inference_settings(&column.evaluated)?,
-                "inference_seed": column.inference_seed,
-                "seed": spec.seed,
-            });
+            exp.bind_full_inference(&mut column, Some(&name))?;
             column_config.push(column.settings.clone());
             let clean = exp.clean(&column, &sizes)?;
             outcomes

@@ -496,12 +496,7 @@ pub fn write_data(dir: &Path, report: &Figure3Report, outcomes: &Figure3Outcomes
     crate::write_text(&dir.join("figure.md"), &to_markdown(report, kind))
 }
 
-/// Reads and parses a JSON file, naming it in errors.
-pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not well-formed", path.display()))
-}
+pub use crate::verify::read;
 
 /// The data half of `verify-results` for a Figure 3 directory: every file present and
 /// well-formed, every point recomputed from `outcomes.json`, the clean points shared by both

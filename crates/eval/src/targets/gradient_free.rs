@@ -47,7 +47,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::evaluate::BatchResult;
-use crate::experiment::{attack_fingerprint, inference_settings, Experiment};
+use crate::experiment::{attack_fingerprint, Experiment};
 use crate::preset::{EvalSizes, GradientFreeSizes};
 use crate::report::{add_all_row, build, to_markdown, write_outputs, Outcomes};
 use crate::suite::Epsilon;
@@ -263,15 +263,7 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
         let pool_seed = crate::seeds::pool(spec.seed, m_idx);
         let pool_model = to_evaluated(obtained.model.clone(), &sizes, None, pool_seed)?;
         let mut column = exp.column(m_idx, mk.name(), obtained, &sizes, None)?;
-        column.settings = serde_json::json!({
-            "model": mk.name(),
-            "train": exp.train_config(mk),
-            "checkpoint_sha256": column.checkpoint.as_ref().map(|c| c.sha256.clone()),
-            "test_data_sha256": exp.test_sha256,
-            "inference": inference_settings(&column.evaluated)?,
-            "inference_seed": column.inference_seed,
-            "seed": spec.seed,
-        });
+        exp.bind_full_inference(&mut column, None)?;
         model_config.push(column.settings.clone());
         let clean_correct = exp.clean(&column, &sizes)?;
         outcomes
