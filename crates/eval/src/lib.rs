@@ -28,6 +28,7 @@
 pub mod evaluate;
 pub mod experiment;
 pub mod journal;
+pub mod ledger;
 pub mod lock;
 pub mod paper;
 pub mod preset;

@@ -10,6 +10,7 @@ use eabs_stats::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::ledger::{Check, WorstCase};
 use crate::provenance::Provenance;
 use crate::suite::RowKey;
 
@@ -71,6 +72,13 @@ pub struct TableReport {
     pub config: serde_json::Value,
     /// Where the numbers came from.
     pub provenance: Provenance,
+    /// Per model and norm, the per-sample worst case over every attack ([`crate::ledger`];
+    /// absent from results of before 2026-12-02).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worst_case: Vec<WorstCase>,
+    /// The evaluation's checks of itself, with their verdicts ([`crate::ledger::checks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
 }
 
 /// Per-sample outcomes: `outcomes[row][model]` = robust flags over the samples.
@@ -227,6 +235,8 @@ pub fn build(
         comparisons,
         config,
         provenance,
+        worst_case: Vec::new(),
+        checks: Vec::new(),
     })
 }
 
@@ -321,6 +331,51 @@ pub fn to_markdown(r: &TableReport, title: &str) -> String {
             c.mcnemar.to_markdown(),
             c.mcnemar.summary()
         ));
+    }
+    if !r.worst_case.is_empty() {
+        s.push_str(
+            "\n## Per-sample worst case (`ledger.json`)\n\nPer model and norm: samples no attack \
+             broke, the median smallest successful perturbation over the broken samples that \
+             were correct when clean, and which attack found the smallest one how often.\n\n\
+             | model | norm | robust | median smallest perturbation | smallest found by |\n\
+             |---|---|---|---|---|\n",
+        );
+        for w in &r.worst_case {
+            let by: Vec<String> = w.found_by.iter().map(|(a, n)| format!("{a} {n}")).collect();
+            s.push_str(&format!(
+                "| {} | {} | {}/{} | {} | {} |\n",
+                w.model,
+                norm_title(&w.norm),
+                w.robust,
+                w.total,
+                w.median_distance
+                    .map_or("-".to_string(), |d| format!("{d:.4}")),
+                if by.is_empty() {
+                    "-".to_string()
+                } else {
+                    by.join(", ")
+                }
+            ));
+        }
+    }
+    if !r.checks.is_empty() {
+        let failed = r.checks.iter().filter(|c| !c.passed).count();
+        s.push_str(&format!(
+            "\n## Sanity checks: {}\n\n",
+            if failed == 0 {
+                "all passed".to_string()
+            } else {
+                format!("**{failed} FAILED**")
+            }
+        ));
+        for c in &r.checks {
+            s.push_str(&format!(
+                "- {} {}: {}\n",
+                if c.passed { "pass" } else { "**FAIL**" },
+                c.name,
+                c.detail
+            ));
+        }
     }
     s.push_str("\n## Provenance\n\n");
     s.push_str(&format!(

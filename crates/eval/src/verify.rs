@@ -101,6 +101,7 @@ pub fn run(dir: &Path) -> Result<String> {
     }
     check_markdown(dir, &report)?;
     let journals = check_journals(dir, &report, &outcomes)?;
+    check_ledger(dir, &report)?;
     let checkpoints = check_checkpoints(&report.config)?;
     ensure!(
         !report.provenance.commit.is_empty(),
@@ -118,6 +119,46 @@ pub fn run(dir: &Path) -> Result<String> {
         report.rows.len(),
         report.comparisons.len()
     ))
+}
+
+/// `ledger.json`, where present: rebuilt from the journals when they are there, its summary and
+/// checks equal to the ones `results.json` records.
+fn check_ledger(dir: &Path, report: &TableReport) -> Result<()> {
+    let path = dir.join("ledger.json");
+    if !path.is_file() {
+        ensure!(
+            report.worst_case.is_empty() && report.checks.is_empty(),
+            "results.json has a worst-case summary but {} is missing",
+            path.display()
+        );
+        return Ok(());
+    }
+    let ledger: crate::ledger::Ledger = read(&path)?;
+    ensure!(
+        crate::ledger::summary(&ledger) == report.worst_case,
+        "{}: its summary differs from results.json's worst_case",
+        path.display()
+    );
+    let journal_root = dir
+        .join("journal")
+        .join(format!("seed{}", report.provenance.seed));
+    if journal_root.is_dir() {
+        let rows: Vec<crate::AttackRow> = report
+            .rows
+            .iter()
+            .filter_map(|r| match crate::RowKey::parse(&r.norm, &r.attack) {
+                Ok(crate::RowKey::Attack(a)) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let again = crate::ledger::from_journals(&journal_root, &report.models, &rows)?;
+        ensure!(
+            again == ledger,
+            "{} is not what the journals give",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// `table.md` must be exactly what `results.json` renders to (its title line aside, which is

@@ -61,10 +61,14 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
     let mut outcomes: Outcomes = Outcomes::new();
     let names: Vec<String> = MODEL_KINDS.iter().map(|k| k.name().to_string()).collect();
     let mut checkpoint_files = Vec::new();
+    let mut stochastic = Vec::new();
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
         let obtained = exp.obtain(mk)?;
         let column = exp.column(m_idx, mk.name(), obtained, &sizes, None)?;
         checkpoint_files.extend(column.checkpoint.clone());
+        if column.is_stochastic() {
+            stochastic.push(column.name.clone());
+        }
         exp.table_protocol(&column, &sizes, &mut outcomes)?;
     }
     add_all_row(&mut outcomes, Norm::Linf, &names)?;
@@ -83,12 +87,14 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
         "checkpoint_files": checkpoint_files,
         "test_data_sha256": exp.test_sha256,
     });
+    let ledger = crate::ledger::from_journals(&exp.journal_root, &names, &ATTACK_ROWS)?;
+    let checks = crate::ledger::checks(&outcomes, &ledger, &names, &stochastic)?;
     let subset = exp.subset.clone();
     let (provenance, out_dir, _lock) = exp.finish();
     let paper = |m: &str, row: RowKey| {
         crate::paper::paper_accuracy(table, m, row.norm_str(), row.attack_str())
     };
-    let report = build(
+    let mut report = build(
         table,
         kind.name(),
         &names,
@@ -107,6 +113,9 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
         "{} ({dataset_name}): accuracy under attack",
         table.replace("table", "Table ")
     );
+    report.worst_case = crate::ledger::summary(&ledger);
+    report.checks = checks;
+    crate::write_json(&out_dir.join("ledger.json"), &ledger)?;
     write_outputs(&out_dir, &report, &outcomes, &title)?;
     Ok(out_dir)
 }

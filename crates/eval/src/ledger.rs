@@ -1,0 +1,359 @@
+//! The per-sample worst case over every attack of a norm, and the checks an evaluation runs on
+//! itself (Carlini et al. 2019, "On Evaluating Adversarial Robustness").
+//!
+//! The "ALL" rows of the paper count a sample as robust only if every attack of the norm failed
+//! on it. The ledger keeps more: for each model, sample and norm, the smallest successful
+//! perturbation any attack found and which attack found it (a sample misclassified when clean is
+//! broken at distance 0 by `clean`). Its ALL row must equal the row-wise combination of the
+//! outcomes; [`checks`] says so in every table, with the other checks that need no extra attack
+//! runs.
+//!
+//! The ledger is read from the journals, which hold every attack's per-sample distance, so it
+//! can be rebuilt from a results folder at any time.
+
+use anyhow::{ensure, Context, Result};
+use eabs_attacks::Norm;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::evaluate::SampleRecord;
+use crate::journal::Journal;
+use crate::report::Outcomes;
+use crate::suite::{norm_str, AttackRow, RowKey};
+
+/// The worst case of one sample in one norm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Worst {
+    /// Position in the evaluation subset.
+    pub sample: usize,
+    /// Smallest perturbation of a successful attack, in the norm (`None`: no attack succeeded
+    /// within the epsilon; 0 for a sample misclassified when clean).
+    pub distance: Option<f64>,
+    /// The attack that found it (`clean` for a clean misclassification).
+    pub attack: Option<String>,
+}
+
+/// `ledger[model][norm]`: one [`Worst`] per sample, in subset order.
+pub type Ledger = BTreeMap<String, BTreeMap<String, Vec<Worst>>>;
+
+/// Builds the ledger of `models` over `rows` from the journals below `journal_root`
+/// (`<model>/<row key>.jsonl`, and `<model>/clean.jsonl`).
+pub fn from_journals(journal_root: &Path, models: &[String], rows: &[AttackRow]) -> Result<Ledger> {
+    let read = |model: &str, row: &str| -> Result<Vec<SampleRecord>> {
+        let path = journal_root.join(model).join(format!("{row}.jsonl"));
+        ensure!(path.is_file(), "no journal {}", path.display());
+        let journal = Journal::<SampleRecord>::open(&path)?;
+        let mut records: Vec<SampleRecord> = journal.records().cloned().collect();
+        records.sort_by_key(|r| r.sample);
+        Ok(records)
+    };
+    let mut ledger = Ledger::new();
+    for m in models {
+        let clean = read(m, "clean")?;
+        let mut per_norm = BTreeMap::new();
+        for norm in [Norm::Linf, Norm::L2] {
+            let mut worst: Vec<Worst> = clean
+                .iter()
+                .map(|r| Worst {
+                    sample: r.sample,
+                    distance: (!r.robust[0]).then_some(0.0),
+                    attack: (!r.robust[0]).then(|| "clean".to_string()),
+                })
+                .collect();
+            let mut any = false;
+            for row in rows.iter().filter(|r| r.norm == norm) {
+                any = true;
+                let records = read(m, &row.key())?;
+                ensure!(
+                    records.len() == worst.len(),
+                    "{m} {row}: {} journaled samples, the clean row has {}",
+                    records.len(),
+                    worst.len()
+                );
+                for (w, r) in worst.iter_mut().zip(&records) {
+                    if r.robust[0] {
+                        continue;
+                    }
+                    if w.distance.is_none_or(|d| r.distance[0] < d) {
+                        w.distance = Some(r.distance[0]);
+                        w.attack = Some(row.attack.as_str().to_string());
+                    }
+                }
+            }
+            if any {
+                per_norm.insert(norm_str(norm).to_string(), worst);
+            }
+        }
+        ledger.insert(m.clone(), per_norm);
+    }
+    Ok(ledger)
+}
+
+/// One model's worst case in one norm, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorstCase {
+    /// Model.
+    pub model: String,
+    /// `linf` or `l2`.
+    pub norm: String,
+    /// Samples no attack broke.
+    pub robust: usize,
+    /// Samples evaluated.
+    pub total: usize,
+    /// Median smallest perturbation over the broken samples that were correct when clean.
+    pub median_distance: Option<f64>,
+    /// How many samples each attack gave the smallest perturbation for (`clean`: misclassified
+    /// without attack).
+    pub found_by: BTreeMap<String, usize>,
+}
+
+/// The per-(model, norm) summary of a ledger.
+pub fn summary(ledger: &Ledger) -> Vec<WorstCase> {
+    let mut out = Vec::new();
+    for (model, per_norm) in ledger {
+        for (norm, worst) in per_norm {
+            let mut found_by = BTreeMap::new();
+            let mut d: Vec<f64> = Vec::new();
+            for w in worst {
+                if let Some(a) = &w.attack {
+                    *found_by.entry(a.clone()).or_insert(0) += 1;
+                    if a != "clean" {
+                        d.extend(w.distance);
+                    }
+                }
+            }
+            d.sort_by(f64::total_cmp);
+            let median = match d.len() {
+                0 => None,
+                n if n % 2 == 1 => Some(d[n / 2]),
+                n => Some((d[n / 2 - 1] + d[n / 2]) / 2.0),
+            };
+            out.push(WorstCase {
+                model: model.clone(),
+                norm: norm.clone(),
+                robust: worst.iter().filter(|w| w.distance.is_none()).count(),
+                total: worst.len(),
+                median_distance: median,
+                found_by,
+            });
+        }
+    }
+    out
+}
+
+/// One self-check of an evaluation, shown in `table.md` with its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// What is checked.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// The numbers behind the verdict.
+    pub detail: String,
+}
+
+/// The checks that need no extra attack runs: the ledger's ALL rows equal the outcomes' ALL rows
+/// (`ledger` of `models`), and no attack row is above the clean row, per model (`stochastic`
+/// names the randomised ones, whose clean row is one inference draw while attacks see the EOT
+/// average: a row above clean there is noise of the verdict, reported as such).
+pub fn checks(
+    outcomes: &Outcomes,
+    ledger: &Ledger,
+    models: &[String],
+    stochastic: &[String],
+) -> Result<Vec<Check>> {
+    let mut out = Vec::new();
+    for norm in [Norm::Linf, Norm::L2] {
+        let Some(all) = outcomes.get(&RowKey::All(norm)) else {
+            continue;
+        };
+        let mut mismatches = Vec::new();
+        for m in models {
+            let from_ledger: Vec<bool> = ledger
+                .get(m)
+                .and_then(|p| p.get(norm_str(norm)))
+                .with_context(|| format!("the ledger has no {} entries for {m}", norm_str(norm)))?
+                .iter()
+                .map(|w| w.distance.is_none())
+                .collect();
+            let rowwise = all
+                .get(m)
+                .with_context(|| format!("no ALL outcomes for {m}"))?;
+            let differ = from_ledger
+                .iter()
+                .zip(rowwise)
+                .filter(|(a, b)| a != b)
+                .count();
+            if differ > 0 || from_ledger.len() != rowwise.len() {
+                mismatches.push(format!("{m}: {differ} samples differ"));
+            }
+        }
+        out.push(Check {
+            name: format!(
+                "ALL {} from the per-sample ledger equals the row-wise ALL",
+                crate::suite::norm_title(norm)
+            ),
+            passed: mismatches.is_empty(),
+            detail: if mismatches.is_empty() {
+                format!("{} models agree sample for sample", models.len())
+            } else {
+                mismatches.join("; ")
+            },
+        });
+    }
+    let clean = outcomes
+        .get(&RowKey::Clean)
+        .context("no clean row in the outcomes")?;
+    for m in models {
+        let count = |v: &Vec<bool>| v.iter().filter(|&&r| r).count();
+        let c = count(
+            clean
+                .get(m)
+                .with_context(|| format!("no clean row for {m}"))?,
+        );
+        let above: Vec<String> = outcomes
+            .iter()
+            .filter(|(k, _)| matches!(k, RowKey::Attack(_)))
+            .filter_map(|(k, per)| per.get(m).map(|v| (k, count(v))))
+            .filter(|&(_, n)| n > c)
+            .map(|(k, n)| format!("{} {n}", k.key()))
+            .collect();
+        let randomised = stochastic.contains(m);
+        out.push(Check {
+            name: format!("{m}: no attack row above the clean row"),
+            passed: above.is_empty(),
+            detail: match (above.is_empty(), randomised) {
+                (true, _) => format!("clean {c}; every attack row at most that"),
+                (false, false) => format!(
+                    "clean {c} robust, but {}: a deterministic model cannot be more accurate \
+                     under attack; the attack returned points it did not check",
+                    above.join(", ")
+                ),
+                (false, true) => format!(
+                    "clean {c} robust (one inference draw), but {} (EOT-averaged verdicts): the \
+                     verdicts of this randomised model disagree between draws; one verdict \
+                     protocol for both is issue 14, item 3",
+                    above.join(", ")
+                ),
+            },
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::add_all_row;
+    use crate::suite::AttackKind;
+
+    fn write(root: &Path, model: &str, row: &str, robust: &[bool], dist: &[f64]) -> Result<()> {
+        let dir = root.join(model);
+        std::fs::create_dir_all(&dir)?;
+        let mut j = Journal::<SampleRecord>::open(&dir.join(format!("{row}.jsonl")))?;
+        let recs: Vec<SampleRecord> = robust
+            .iter()
+            .zip(dist)
+            .enumerate()
+            .map(|(i, (&r, &d))| SampleRecord {
+                sample: i,
+                test_index: 10 + i,
+                label: 0,
+                robust: vec![r],
+                distance: vec![d],
+            })
+            .collect();
+        j.append(&recs)
+    }
+
+    #[test]
+    fn ledger_keeps_the_smallest_perturbation_and_its_all_row_is_the_rowwise_one() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        // Sample 0 misclassified clean; 1 broken by both L_inf attacks (DeepFool closer);
+        // 2 broken by PGD only; 3 robust.
+        write(root, "M", "clean", &[false, true, true, true], &[0.0; 4])?;
+        write(
+            root,
+            "M",
+            "linf-pgd",
+            &[false, false, false, true],
+            &[0.0, 0.1, 0.08, 0.1],
+        )?;
+        write(
+            root,
+            "M",
+            "linf-deepfool",
+            &[false, false, true, true],
+            &[0.0, 0.05, 0.2, 0.3],
+        )?;
+        let rows = [
+            AttackRow::new(Norm::Linf, AttackKind::Pgd),
+            AttackRow::new(Norm::Linf, AttackKind::DeepFool),
+        ];
+        let models = vec!["M".to_string()];
+        let ledger = from_journals(root, &models, &rows)?;
+        let w = &ledger["M"]["linf"];
+        assert_eq!(w[0].attack.as_deref(), Some("clean"));
+        assert_eq!(
+            (w[1].distance, w[1].attack.as_deref()),
+            (Some(0.05), Some("deepfool"))
+        );
+        assert_eq!(
+            (w[2].distance, w[2].attack.as_deref()),
+            (Some(0.08), Some("pgd"))
+        );
+        assert_eq!(w[3].distance, None);
+        let s = summary(&ledger);
+        assert_eq!((s[0].robust, s[0].total), (1, 4));
+        assert_eq!(s[0].median_distance, Some((0.05 + 0.08) / 2.0));
+
+        let mut outcomes = Outcomes::new();
+        let put = |o: &mut Outcomes, k: RowKey, v: Vec<bool>| {
+            o.entry(k).or_default().insert("M".to_string(), v);
+        };
+        put(&mut outcomes, RowKey::Clean, vec![false, true, true, true]);
+        put(
+            &mut outcomes,
+            RowKey::Attack(rows[0]),
+            vec![false, false, false, true],
+        );
+        put(
+            &mut outcomes,
+            RowKey::Attack(rows[1]),
+            vec![false, false, true, true],
+        );
+        add_all_row(&mut outcomes, Norm::Linf, &models)?;
+        let c = checks(&outcomes, &ledger, &models, &[])?;
+        assert!(c.iter().all(|c| c.passed), "{c:?}");
+        // A row above clean, and an ALL row that disagrees with the ledger, both fail.
+        put(
+            &mut outcomes,
+            RowKey::Attack(rows[1]),
+            vec![true, true, true, true],
+        );
+        let c = checks(&outcomes, &ledger, &models, &[])?;
+        let failed: Vec<&str> = c
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(failed, ["M: no attack row above the clean row"]);
+        put(
+            &mut outcomes,
+            RowKey::All(Norm::Linf),
+            vec![false, true, false, true],
+        );
+        let c = checks(&outcomes, &ledger, &models, &["M".to_string()])?;
+        assert!(
+            !c[0].passed && c[0].detail.contains("1 samples differ"),
+            "{c:?}"
+        );
+        assert!(
+            c[1].detail.contains("randomised") || c[1].detail.contains("EOT"),
+            "{c:?}"
+        );
+        Ok(())
+    }
+}
