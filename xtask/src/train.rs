@@ -233,6 +233,11 @@ pub enum WeightsCommand {
         /// The released tree.
         #[arg(long, default_value = "weights")]
         weights: PathBuf,
+        /// Keep a finished training's optimiser state (`last.safetensors`) in the release;
+        /// by default it is left out (and removed when releasing in place: git history keeps
+        /// it), since `reproduce` needs only the best checkpoint.
+        #[arg(long)]
+        keep_optimizer_state: bool,
     },
     /// Check every `release.json` below the released tree against its files.
     Verify {
@@ -266,6 +271,7 @@ pub fn run_weights(cmd: &WeightsCommand) -> Result<()> {
             models,
             checkpoints,
             weights,
+            keep_optimizer_state,
         } => {
             let kinds = if models.is_empty() {
                 ALL_KINDS.to_vec()
@@ -273,7 +279,20 @@ pub fn run_weights(cmd: &WeightsCommand) -> Result<()> {
                 models.clone()
             };
             let family = *dataset;
-            let done = weights::release(checkpoints, weights, family, *preset, *seed, &kinds)?;
+            let optimizer = if *keep_optimizer_state {
+                weights::OptimizerState::Keep
+            } else {
+                weights::OptimizerState::DropWhenFinished
+            };
+            let done = weights::release(
+                checkpoints,
+                weights,
+                family,
+                *preset,
+                *seed,
+                &kinds,
+                optimizer,
+            )?;
             if done.is_empty() {
                 bail!(
                     "nothing to release: no model of {kinds:?} has a last.safetensors under {}",

@@ -59,6 +59,18 @@ pub const RELEASE_FILES: [&str; 4] = [
     "train_config.json",
 ];
 
+/// What a release does with the optimiser state (`last.safetensors`, two thirds of a release's
+/// bytes) of a finished training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerState {
+    /// Keep it: the training can be extended from the release.
+    Keep,
+    /// Leave it out of a finished training's release (removing it from the folder when the
+    /// checkpoint tree is the released tree): `reproduce` needs only the best checkpoint, and git
+    /// history keeps the file. Unfinished trainings always keep it, so they resume.
+    DropWhenFinished,
+}
+
 /// Name of the manifest file.
 pub const MANIFEST: &str = "release.json";
 
@@ -82,9 +94,25 @@ impl Release {
         Ok(Some(r))
     }
 
+    /// Whether the training ran all its epochs.
+    pub fn is_finished(&self) -> bool {
+        self.epochs_done >= self.train_config.epochs
+    }
+
+    /// The files this release must hold: [`RELEASE_FILES`], without `last.safetensors` for a
+    /// finished training released without its optimiser state.
+    pub fn files(&self) -> Vec<&'static str> {
+        RELEASE_FILES
+            .into_iter()
+            .filter(|&f| {
+                f != "last.safetensors" || !self.is_finished() || self.sha256.contains_key(f)
+            })
+            .collect()
+    }
+
     /// Checks every recorded digest against the files in `dir`, naming the first that differs.
     pub fn verify(&self, dir: &Path) -> Result<()> {
-        for name in RELEASE_FILES {
+        for name in self.files() {
             let Some(want) = self.sha256.get(name) else {
                 bail!(
                     "{}: no sha256 recorded for {name}",
@@ -154,6 +182,7 @@ pub fn release(
     preset: Preset,
     seed: u64,
     kinds: &[ModelKind],
+    optimizer: OptimizerState,
 ) -> Result<Vec<(PathBuf, Release)>> {
     let src_root = checkpoint_root(checkpoints, family, preset, seed);
     let dst_root = checkpoint_root(weights, family, preset, seed);
@@ -167,16 +196,8 @@ pub fn release(
         let dst = dst_root.join(kind.name());
         std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
         let same = std::fs::canonicalize(&src)? == std::fs::canonicalize(&dst)?;
-        if !same {
-            for name in RELEASE_FILES {
-                let (from, to) = (src.join(name), dst.join(name));
-                let bytes =
-                    std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
-                crate::provenance::write_atomic(&to, &bytes)?;
-            }
-        }
         let ckpt = eabs_models::Checkpoint::read(
-            &dst.join("last.safetensors"),
+            &src.join("last.safetensors"),
             &candle_core::Device::Cpu,
         )?;
         let state: TrainState =
@@ -184,12 +205,26 @@ pub fn release(
                 .with_context(|| {
                     format!(
                         "{}: bad train_state metadata",
-                        dst.join("last.safetensors").display()
+                        src.join("last.safetensors").display()
                     )
                 })?;
+        let drop_last = optimizer == OptimizerState::DropWhenFinished
+            && state.epochs_done >= state.config.epochs;
+        let files: Vec<&str> = RELEASE_FILES
+            .into_iter()
+            .filter(|&f| !(drop_last && f == "last.safetensors"))
+            .collect();
+        if !same {
+            for name in &files {
+                let (from, to) = (src.join(name), dst.join(name));
+                let bytes =
+                    std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+                crate::provenance::write_atomic(&to, &bytes)?;
+            }
+        }
         let metrics = eabs_models::train::read_metrics_file(&dst.join("metrics.jsonl"))?;
         let mut sha256 = BTreeMap::new();
-        for name in RELEASE_FILES {
+        for name in &files {
             sha256.insert(name.to_string(), sha256_file(&dst.join(name))?);
         }
         let r = Release {
@@ -208,6 +243,12 @@ pub fn release(
             released_at: unix_time(),
         };
         crate::write_json(&dst.join(MANIFEST), &r)?;
+        let stale = dst.join("last.safetensors");
+        if drop_last && stale.is_file() {
+            // After the manifest, so an interruption never leaves a release without either.
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("removing {}", stale.display()))?;
+        }
         out.push((dst, r));
     }
     Ok(out)
@@ -265,7 +306,15 @@ mod tests {
             ..TrainConfig::smoke(family, kind)
         };
         train_tiny(&ckpts, &cfg)?;
-        let done = release(&ckpts, &weights, family, Preset::Smoke, 0, &[kind])?;
+        let done = release(
+            &ckpts,
+            &weights,
+            family,
+            Preset::Smoke,
+            0,
+            &[kind],
+            OptimizerState::Keep,
+        )?;
         assert_eq!(done.len(), 1);
         let (dir, r) = &done[0];
         assert_eq!((r.epochs_done, r.train_config.clone()), (1, cfg.clone()));
@@ -295,8 +344,36 @@ mod tests {
         );
         assert!(verify_tree(&weights).is_err());
         // Releasing a tree onto itself rewrites only the manifest.
-        let done = release(&ckpts, &ckpts, family, Preset::Smoke, 0, &[kind])?;
+        let done = release(
+            &ckpts,
+            &ckpts,
+            family,
+            Preset::Smoke,
+            0,
+            &[kind],
+            OptimizerState::Keep,
+        )?;
         assert_eq!(done.len(), 1);
+        // Without the optimiser state: a finished training's release is used and verifies
+        // without last.safetensors, which is gone from the folder.
+        let done = release(
+            &ckpts,
+            &ckpts,
+            family,
+            Preset::Smoke,
+            0,
+            &[kind],
+            OptimizerState::DropWhenFinished,
+        )?;
+        let (dir, r) = &done[0];
+        assert!(!r.sha256.contains_key("last.safetensors"));
+        assert!(!dir.join("last.safetensors").exists());
+        r.verify(dir)?;
+        let root = checkpoint_root(&ckpts, family, Preset::Smoke, 0);
+        assert_eq!(
+            released_best(&root, kind, &cfg)?,
+            Some(dir.join("best.safetensors"))
+        );
         Ok(())
     }
 }
