@@ -207,18 +207,27 @@ pub fn checks(
         .context("no clean row in the outcomes")?;
     for m in models {
         let count = |v: &Vec<bool>| v.iter().filter(|&&r| r).count();
-        let c = count(
-            clean
-                .get(m)
-                .with_context(|| format!("no clean row for {m}"))?,
-        );
-        let above: Vec<String> = outcomes
+        let clean_m = clean
+            .get(m)
+            .with_context(|| format!("no clean row for {m}"))?;
+        let c = count(clean_m);
+        let mut above = Vec::new();
+        for (k, per) in outcomes
             .iter()
             .filter(|(k, _)| matches!(k, RowKey::Attack(_)))
-            .filter_map(|(k, per)| per.get(m).map(|v| (k, count(v))))
-            .filter(|&(_, n)| n > c)
-            .map(|(k, n)| format!("{} {n}", k.key()))
-            .collect();
+        {
+            let Some(v) = per.get(m) else { continue };
+            if count(v) > c {
+                // Samples misclassified when clean that the row counts as robust: the attack
+                // judged only the point it returned.
+                let misjudged = v.iter().zip(clean_m).filter(|&(&r, &cl)| r && !cl).count();
+                above.push(format!(
+                    "{} {} ({misjudged} of them misclassified when clean)",
+                    k.key(),
+                    count(v)
+                ));
+            }
+        }
         let randomised = stochastic.contains(m);
         out.push(Check {
             name: format!("{m}: no attack row above the clean row"),
@@ -226,14 +235,17 @@ pub fn checks(
             detail: match (above.is_empty(), randomised) {
                 (true, _) => format!("clean {c}; every attack row at most that"),
                 (false, false) => format!(
-                    "clean {c} robust, but {}: a deterministic model cannot be more accurate \
-                     under attack; the attack returned points it did not check",
+                    "clean {c} robust, but {}: the attack judged only the point it returned, \
+                     which the model classifies correctly although the clean image itself is \
+                     misclassified (Foolbox's semantics for fixed-epsilon attacks); the ALL rows \
+                     and the ledger count those samples as broken at distance 0",
                     above.join(", ")
                 ),
                 (false, true) => format!(
-                    "clean {c} robust (one inference draw), but {} (EOT-averaged verdicts): the \
-                     verdicts of this randomised model disagree between draws; one verdict \
-                     protocol for both is issue 14, item 3",
+                    "clean {c} robust (one inference draw), but {} (EOT-averaged verdicts): \
+                     besides the attack judging only its returned point, the verdicts of this \
+                     randomised model differ between draws; one verdict protocol for both is \
+                     issue 14, item 3",
                     above.join(", ")
                 ),
             },
