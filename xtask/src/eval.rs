@@ -77,6 +77,18 @@ pub enum InferenceArg {
     Variational,
 }
 
+/// A loss for PGD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PgdLossArg {
+    /// Cross-entropy (the paper's).
+    Ce,
+    /// Carlini-Wagner's logit margin.
+    Margin,
+    /// Difference of logits ratio (AutoAttack).
+    Dlr,
+}
+
 /// Arguments of `cargo xtask eval`.
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
@@ -106,6 +118,11 @@ pub struct EvalArgs {
     /// Adam updates of ABS-style inference (default: the preset's).
     #[arg(long)]
     pub adam_steps: Option<usize>,
+    /// The loss PGD ascends: ce (the paper's cross-entropy, default), margin (Carlini-Wagner's
+    /// logit margin) or dlr (Croce & Hein's difference of logits ratio): the scale-free losses
+    /// for ABS-like models, whose logits differ by ~1e-2.
+    #[arg(long, value_enum)]
+    pub pgd_loss: Option<PgdLossArg>,
     /// Where the journal (for resuming) goes: `<out>/eval/journal/...`.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
@@ -164,6 +181,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     if let Some(n) = args.adam_steps {
         sizes.n_adam_steps = n;
+    }
+    if let Some(l) = args.pgd_loss {
+        if args.attack != AttackArg::Pgd {
+            bail!("--pgd-loss applies to --attack pgd");
+        }
+        sizes.pgd_loss = Some(match l {
+            PgdLossArg::Ce => eabs_attacks::Loss::CrossEntropy,
+            PgdLossArg::Margin => eabs_attacks::Loss::Margin,
+            PgdLossArg::Dlr => eabs_attacks::Loss::Dlr,
+        });
     }
     let ds = a.dataset;
     let eps = match (row, args.epsilon) {
@@ -235,6 +262,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     if let Some(n) = args.adam_steps {
         mode_name.push_str(&format!("-adam{n}"));
+    }
+    if let Some(l) = args.pgd_loss {
+        mode_name.push_str(&format!("-{l:?}").to_lowercase());
     }
     let journal = args
         .out

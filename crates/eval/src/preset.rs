@@ -78,6 +78,11 @@ pub struct EvalSizes {
     pub n_candidates: usize,
     /// See `n_candidates`.
     pub n_adam_steps: usize,
+    /// The loss PGD ascends instead of the paper's cross-entropy (`None`: the paper's). Left
+    /// out of the serialised sizes when `None`, so journals of the paper's loss keep their
+    /// fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pgd_loss: Option<eabs_attacks::Loss>,
 }
 
 impl EvalSizes {
@@ -97,6 +102,7 @@ impl EvalSizes {
                 eot_samples: 5,
                 n_candidates: 8000,
                 n_adam_steps: 49,
+                pgd_loss: None,
             },
             // Sized so that a whole table runs in about an hour and a half on 2 cores. The ABS
             // models dominate: every gradient of every attack step runs their inference (for
@@ -120,6 +126,7 @@ impl EvalSizes {
                 eot_samples: 2,
                 n_candidates: 1000,
                 n_adam_steps: 5,
+                pgd_loss: None,
             },
             Preset::Smoke => Self {
                 n_samples: 8,
@@ -134,6 +141,7 @@ impl EvalSizes {
                 eot_samples: 2,
                 n_candidates: 100,
                 n_adam_steps: 3,
+                pgd_loss: None,
             },
         }
     }

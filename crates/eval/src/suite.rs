@@ -261,9 +261,11 @@ pub const ATTACK_ROWS: [AttackRow; 8] = [
 /// ([`PgdConfig::paper_sized`]: the paper's total path whatever the number of steps).
 pub fn pgd_config(sizes: &EvalSizes, ds: DatasetKind, norm: Norm, seed: u64) -> PgdConfig {
     let restarts = sizes.pgd_restarts.unwrap_or_else(|| ds.pgd_random_starts());
+    let paper = PgdConfig::paper_sized(norm, sizes.pgd_steps, restarts);
     PgdConfig {
         seed,
-        ..PgdConfig::paper_sized(norm, sizes.pgd_steps, restarts)
+        loss: sizes.pgd_loss.unwrap_or(paper.loss),
+        ..paper
     }
 }
 
