@@ -157,6 +157,16 @@ pub fn paper_accuracy(table_id: &str, model: &str, norm: &str, attack: &str) -> 
     Some(table.accuracy[row][col])
 }
 
+/// The paper's cell lookup for the rows of `table_id`, as [`crate::report::build`] takes it;
+/// `shown: false` (an experiment run on another dataset than the paper's) shows none.
+pub fn cells(table_id: &str, shown: bool) -> impl Fn(&str, crate::RowKey) -> Option<f64> + '_ {
+    move |model, row| {
+        shown
+            .then(|| paper_accuracy(table_id, model, row.norm_str(), row.attack_str()))
+            .flatten()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

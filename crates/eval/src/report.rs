@@ -512,9 +512,7 @@ pub(crate) mod tests {
             }],
             command: "cargo xtask reproduce table2".into(),
         };
-        let paper = |m: &str, row: RowKey| {
-            crate::paper::paper_accuracy("table2", m, row.norm_str(), row.attack_str())
-        };
+        let paper = crate::paper::cells("table2", true);
         let r = build(
             "table2",
             "fashion-mnist",

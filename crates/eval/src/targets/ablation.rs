@@ -221,11 +221,7 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
     let subset = exp.subset.clone();
     let (provenance, out_dir, _lock) = exp.finish();
     let on_paper_dataset = kind == DatasetKind::Svhn;
-    let paper = |m: &str, row: RowKey| {
-        on_paper_dataset
-            .then(|| crate::paper::paper_accuracy("table5", m, row.norm_str(), row.attack_str()))
-            .flatten()
-    };
+    let paper = crate::paper::cells("table5", on_paper_dataset);
     let report = build(
         "table5",
         kind.name(),

@@ -392,13 +392,7 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
     let subset = exp.subset.clone();
     let (provenance, out_dir, _lock) = exp.finish();
     let on_paper_dataset = kind == DatasetKind::Svhn;
-    let paper = |m: &str, row: RowKey| {
-        on_paper_dataset
-            .then(|| {
-                crate::paper::paper_accuracy("gradient-free", m, row.norm_str(), row.attack_str())
-            })
-            .flatten()
-    };
+    let paper = crate::paper::cells("gradient-free", on_paper_dataset);
     let report = build(
         "gradient-free",
         kind.name(),

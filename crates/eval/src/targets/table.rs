@@ -91,9 +91,7 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
     let checks = crate::ledger::checks(&outcomes, &ledger, &names, &stochastic)?;
     let subset = exp.subset.clone();
     let (provenance, out_dir, _lock) = exp.finish();
-    let paper = |m: &str, row: RowKey| {
-        crate::paper::paper_accuracy(table, m, row.norm_str(), row.attack_str())
-    };
+    let paper = crate::paper::cells(table, true);
     let mut report = build(
         table,
         kind.name(),
