@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use eabs_attacks::Norm;
 use eabs_datasets::{load, Split};
-use eabs_eval::experiment::{attack_fingerprint, with_eot};
+use eabs_eval::experiment::attack_fingerprint;
 use eabs_eval::preset::{train_config, EvalSizes};
 use eabs_eval::provenance::{git_revision, unix_time, Hardware, Timer};
 use eabs_eval::suite::{clean_row, row_config, run_row_at, Epsilon};
@@ -41,6 +41,10 @@ pub enum AttackArg {
     Ddn,
     /// Carlini-Wagner with binary search (L_2).
     Cw,
+    /// Auto-PGD on the cross-entropy (beyond the paper).
+    ApgdCe,
+    /// Auto-PGD on the difference-of-logits ratio (beyond the paper).
+    ApgdDlr,
 }
 
 impl AttackArg {
@@ -53,6 +57,8 @@ impl AttackArg {
             AttackArg::Noise => Some(AttackKind::Noise),
             AttackArg::Ddn => Some(AttackKind::Ddn),
             AttackArg::Cw => Some(AttackKind::Cw),
+            AttackArg::ApgdCe => Some(AttackKind::ApgdCe),
+            AttackArg::ApgdDlr => Some(AttackKind::ApgdDlr),
         }
     }
 }
@@ -123,6 +129,9 @@ pub struct EvalArgs {
     /// for ABS-like models, whose logits differ by ~1e-2.
     #[arg(long, value_enum)]
     pub pgd_loss: Option<PgdLossArg>,
+    /// Carlini-Wagner's early abort: batch (Foolbox's, default), per-sample or never.
+    #[arg(long)]
+    pub cw_abort: Option<eabs_attacks::CwAbort>,
     /// Where the journal (for resuming) goes: `<out>/eval/journal/...`.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
@@ -186,11 +195,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         if args.attack != AttackArg::Pgd {
             bail!("--pgd-loss applies to --attack pgd");
         }
-        sizes.pgd_loss = Some(match l {
+        sizes.pgd_losses = vec![match l {
             PgdLossArg::Ce => eabs_attacks::Loss::CrossEntropy,
             PgdLossArg::Margin => eabs_attacks::Loss::Margin,
             PgdLossArg::Dlr => eabs_attacks::Loss::Dlr,
-        });
+        }];
+    }
+    if let Some(abort) = args.cw_abort {
+        if args.attack != AttackArg::Cw {
+            bail!("--cw-abort applies to --attack cw");
+        }
+        sizes.cw_abort = abort;
     }
     let ds = a.dataset;
     let eps = match (row, args.epsilon) {
@@ -266,58 +281,104 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if let Some(l) = args.pgd_loss {
         mode_name.push_str(&format!("-{l:?}").to_lowercase());
     }
-    let journal = args
+    if let Some(abort) = args.cw_abort {
+        mode_name.push_str(&format!("-abort-{abort:?}").to_lowercase());
+    }
+    let journal_dir = args
         .out
         .join("eval")
         .join("journal")
         .join(a.dataset.name())
         .join(a.preset.as_str())
         .join(format!("seed{}", a.seed))
-        .join(format!("{}{mode_name}", a.model.name()))
-        .join(journal_name(&row_name, row.is_some(), eps));
+        .join(format!("{}{mode_name}", a.model.name()));
+    let journal = journal_dir.join(journal_name(&row_name, row.is_some(), eps));
     // One evaluation per journal folder at a time.
-    let _lock = eabs_eval::lock::DirLock::acquire(
-        journal.parent().unwrap_or(Path::new(".")),
-        "eval journal folder",
-    )?;
+    let _lock = eabs_eval::lock::DirLock::acquire(&journal_dir, "eval journal folder")?;
     let attack_sizes = attack_fingerprint(&sizes)?;
     let attack_seed = row
         .and_then(|r| eabs_eval::seeds::table_attack(a.seed, r))
         .unwrap_or_else(|| eabs_eval::seeds::attack(a.seed, 0));
-    let settings = serde_json::json!({
-        "checkpoint_sha256": checkpoint.sha256,
-        "test_data_sha256": test_sha256,
-        "train": train_config(a.preset, a.dataset, a.model, a.seed),
-        "inference": inference,
-        "inference_seed": inference_seed,
-        "row": row_name,
-        "epsilon": eps,
-        "sizes": attack_sizes,
-        "attack_seed": attack_seed,
-        "attack": row.map(|r| row_config(r, &sizes, ds, attack_seed)).transpose()?,
-        "eot": stochastic,
-    });
-    let label = format!("{} {row_name}", a.model.name());
+    let settings_of = |row: Option<AttackRow>, eps: f64| -> Result<serde_json::Value> {
+        // The clean row's seed is the attack seed of no row, whatever row follows it, so that
+        // every attack evaluated in this folder shares one clean journal.
+        let attack_seed = if row.is_some() {
+            attack_seed
+        } else {
+            eabs_eval::seeds::attack(a.seed, 0)
+        };
+        let mut s = serde_json::json!({
+            "checkpoint_sha256": checkpoint.sha256,
+            "test_data_sha256": test_sha256,
+            "train": train_config(a.preset, a.dataset, a.model, a.seed),
+            "inference": inference,
+            "inference_seed": inference_seed,
+            "row": row.map_or("clean".to_string(), |r| r.key()),
+            "epsilon": eps,
+            "sizes": attack_sizes,
+            "attack_seed": attack_seed,
+            "attack": row.map(|r| row_config(r, &sizes, ds, attack_seed)).transpose()?,
+            "eot": stochastic,
+        });
+        if let (true, Some(map)) = (stochastic, s.as_object_mut()) {
+            map.insert(
+                "verdict".into(),
+                serde_json::json!({ "majority_of_draws": sizes.verdict_draws }),
+            );
+        }
+        Ok(s)
+    };
+    let settings = settings_of(row, eps)?;
+    let resume = crate::reproduce::resume_policy(args.restart_changed);
     let mut timer = Timer::new();
-    let records = timer.stage(&label, || {
+    // The clean verdicts first: an attack row counts a sample robust only when its clean image
+    // is classified correctly too (the verdict protocol; journaled beside the row's).
+    let clean_label = format!("{} clean", a.model.name());
+    let clean = timer.stage(&clean_label, || {
         evaluate(
-            &journal,
-            &settings,
-            crate::reproduce::resume_policy(args.restart_changed),
-            &label,
+            &journal_dir.join(journal_name("clean", false, 0.0)),
+            &settings_of(None, 0.0)?,
+            resume,
+            &clean_label,
             &test,
             &subset,
             1,
             sizes.batch_size,
             &device,
-            &mut |xs, ys| match row {
-                None => clean_row(clf, xs, ys),
-                Some(r) => with_eot(clf, sizes.eot_samples, |m| {
-                    run_row_at(r, &sizes, ds, m, xs, ys, attack_seed, eps)
-                }),
-            },
+            &mut |xs, ys| clean_row(clf, xs, ys, sizes.verdict_draws),
         )
     })?;
+    let label = format!("{} {row_name}", a.model.name());
+    let records = match row {
+        None => clean,
+        Some(r) => {
+            let attacked = timer.stage(&label, || {
+                evaluate(
+                    &journal,
+                    &settings,
+                    resume,
+                    &label,
+                    &test,
+                    &subset,
+                    1,
+                    sizes.batch_size,
+                    &device,
+                    &mut |xs, ys| run_row_at(r, &sizes, ds, clf, xs, ys, attack_seed, eps),
+                )
+            })?;
+            attacked
+                .into_iter()
+                .zip(&clean)
+                .map(|(mut rec, c)| {
+                    if !c.robust[0] {
+                        rec.robust[0] = false;
+                        rec.distance[0] = 0.0;
+                    }
+                    rec
+                })
+                .collect()
+        }
+    };
     let robust: Vec<bool> = records.iter().map(|r| r.robust[0]).collect();
     let acc = eabs_stats::accuracy(&robust, 0.95)?;
     let what = match row {

@@ -12,8 +12,12 @@
 //!   distance term and the tanh change of variables are differentiated analytically.
 //! - The margin value returned by the same call decides success, saving a forward pass
 //!   (adversarial iff `margin + confidence > 0`, strictly).
-//! - Early abort ("no 0.01 % improvement over a tenth of the steps") is decided per sample, not
-//!   on the batch's summed loss, so a sample's result does not depend on its batch.
+//! - Early abort ("no 0.01 % improvement over a tenth of the steps") is Foolbox's by default,
+//!   on the batch's summed loss ([`CwAbort::Batch`]). [`CwAbort::PerSample`] (this port's rule
+//!   until issue 14) decides it per sample, so that a sample's result does not depend on its
+//!   batch, but it is the weaker minimiser: on the paper's budget it ended with larger distances
+//!   on 22 of 57 broken samples of the quick CNN, never smaller. [`CwAbort::Never`] runs every
+//!   step.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -52,8 +56,37 @@ pub struct CwConfig {
     pub confidence: f64,
     /// Initial constant `c`.
     pub initial_const: f64,
-    /// Stop a sample's optimisation when its loss stalls.
-    pub abort_early: bool,
+    /// When an inner optimisation stops early because its loss stalls.
+    pub abort: CwAbort,
+}
+
+/// Carlini-Wagner's early abort: every tenth of the steps, the inner Adam loop stops unless the
+/// loss fell by 0.01 % since the previous check (Carlini & Wagner 2017; Foolbox 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CwAbort {
+    /// Foolbox's rule: the whole batch stops when its summed loss stalls.
+    #[default]
+    Batch,
+    /// Each sample stops when its own loss stalls (its result is independent of its batch, but
+    /// it stops sooner: a weaker minimiser, see the module docs).
+    PerSample,
+    /// No early abort: every step of every binary-search step runs.
+    Never,
+}
+
+impl std::str::FromStr for CwAbort {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "batch" => Ok(CwAbort::Batch),
+            "per-sample" => Ok(CwAbort::PerSample),
+            "never" => Ok(CwAbort::Never),
+            other => Err(format!(
+                "unknown CW abort rule `{other}` (batch, per-sample or never)"
+            )),
+        }
+    }
 }
 
 impl CwConfig {
@@ -65,7 +98,7 @@ impl CwConfig {
             stepsize: 0.01,
             confidence: 0.0,
             initial_const: 1e-3,
-            abort_early: true,
+            abort: CwAbort::Batch,
         }
     }
 
@@ -199,6 +232,7 @@ impl<M: Differentiable + ?Sized> MinimizationAttack<M> for CarliniWagnerL2 {
             let mut found = vec![false; batch];
             let mut frozen = vec![false; batch];
             let mut prev_loss = vec![f64::INFINITY; batch];
+            let mut prev_total = f64::INFINITY;
             for step in 0..cfg.steps {
                 let w = (&w0 + &delta)?;
                 let adv = to_model(&w)?;
@@ -230,6 +264,17 @@ impl<M: Differentiable + ?Sized> MinimizationAttack<M> for CarliniWagnerL2 {
                 let loss_i: Vec<f64> = (0..batch)
                     .map(|i| consts[i] * (cfg.confidence - attack_margin[i]).max(0.0) + norms_sq[i])
                     .collect();
+                if cfg.abort == CwAbort::Batch && step % check_every == 0 {
+                    // Foolbox: `if not (loss <= 0.9999 * loss_at_previous_check): break`, on
+                    // the loss summed over the batch, before this step's point is recorded.
+                    // NaN counts as no progress, as in Foolbox.
+                    let total: f64 = loss_i.iter().sum();
+                    let improved = total <= 0.9999 * prev_total;
+                    if !improved {
+                        break;
+                    }
+                    prev_total = total;
+                }
                 let mut new_best = vec![false; batch];
                 for i in 0..batch {
                     if frozen[i] {
@@ -246,7 +291,7 @@ impl<M: Differentiable + ?Sized> MinimizationAttack<M> for CarliniWagnerL2 {
                 }
                 best_adv = where_rows(&new_best, &adv, &best_adv)?;
                 delta = where_rows(&moving, &new_delta, &delta)?;
-                if cfg.abort_early && step % check_every == 0 {
+                if cfg.abort == CwAbort::PerSample && step % check_every == 0 {
                     for i in 0..batch {
                         if !frozen[i] {
                             let improved = loss_i[i] <= 0.9999 * prev_loss[i];

@@ -71,7 +71,7 @@ pub use base::{
     validate_inputs, Attack, FixedEpsilonAttack, MinimizationAttack, Outcome,
 };
 pub use boundary::{starting_points_from_pool, Boundary, BoundaryConfig};
-pub use carlini_wagner::{CarliniWagnerL2, CwConfig};
+pub use carlini_wagner::{CarliniWagnerL2, CwAbort, CwConfig};
 pub use criteria::{Criterion, Loss};
 pub use ddn::{Ddn, DdnConfig};
 pub use deepfool::{DeepFool, DeepFoolConfig, DeepFoolLoss};

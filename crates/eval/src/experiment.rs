@@ -28,7 +28,6 @@
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use eabs_attacks::Eot;
 use eabs_core::Differentiable;
 use eabs_datasets::{load, Dataset, DatasetKind, Split};
 use eabs_inference::LatentInference;
@@ -40,7 +39,7 @@ use crate::lock::DirLock;
 use crate::preset::{train_config, EvalSizes};
 use crate::provenance::{git_revision, unix_time, Provenance, Timer};
 use crate::suite::Epsilon;
-use crate::suite::{clean_row, row_config, run_row, AttackRow};
+use crate::suite::{and_clean, clean_row, row_config, run_row, AttackRow};
 use crate::zoo::{obtain, to_evaluated, CheckpointId, Evaluated, ModelStore, Obtained};
 use crate::RunSpec;
 
@@ -75,6 +74,8 @@ pub struct Experiment<'r> {
     commit: String,
     started: u64,
     lock: DirLock,
+    /// Clean verdicts per column, once journaled: every attack row requires them.
+    clean_verdicts: std::collections::BTreeMap<String, Vec<bool>>,
 }
 
 /// One evaluated column of an experiment: a frozen model, its name and the settings every one
@@ -132,30 +133,39 @@ impl ModelColumn {
     }
 }
 
-/// Runs `f` on `model`, wrapped in EOT with `eot_samples` draws per gradient when the model is
-/// randomised (Section 4.2 and Appendix B.1: the paper averages 5).
-pub fn with_eot<T>(
-    model: &dyn Differentiable,
-    eot_samples: usize,
-    f: impl FnOnce(&dyn Differentiable) -> Result<T>,
-) -> Result<T> {
-    if model.is_stochastic() {
-        let eot = Eot::new(model, eot_samples)?;
-        f(&eot)
-    } else {
-        f(model)
-    }
-}
+pub use crate::suite::with_eot;
 
 /// The evaluation sizes that fingerprint an attack journal: all but the number of samples and
-/// the batch size, which the per-sample records check themselves.
+/// the batch size, which the per-sample records check themselves, and the sizes that a
+/// journal records where they matter (the PGD losses, Auto-PGD's steps and CW's abort in the
+/// row's attack configuration, the verdict draws for randomised models only, the checks'
+/// subset in the checks' own journals), so that a journal of one row is not invalidated by a
+/// change to another.
 pub fn attack_fingerprint(sizes: &impl serde::Serialize) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(sizes)?;
     if let Some(o) = v.as_object_mut() {
-        o.remove("n_samples");
-        o.remove("batch_size");
+        for k in [
+            "n_samples",
+            "batch_size",
+            "pgd_losses",
+            "apgd_steps",
+            "verdict_draws",
+            "cw_abort",
+            "check_samples",
+        ] {
+            o.remove(k);
+        }
     }
     Ok(v)
+}
+
+/// The verdict protocol a journal of `column` is bound to: the number of draws for a randomised
+/// model, nothing for a deterministic one (its verdict is one prediction, as before the
+/// protocol existed, so its journals keep their settings).
+pub fn verdict_settings(column: &ModelColumn, sizes: &EvalSizes) -> Option<serde_json::Value> {
+    column
+        .is_stochastic()
+        .then(|| serde_json::json!({ "majority_of_draws": sizes.verdict_draws }))
 }
 
 /// The full inference configuration of an evaluated model (null for CNNs), for fingerprints
@@ -231,6 +241,7 @@ impl<'r> Experiment<'r> {
             commit,
             started,
             lock,
+            clean_verdicts: Default::default(),
         })
     }
 
@@ -340,9 +351,28 @@ impl<'r> Experiment<'r> {
         batch_size: usize,
         attack: &mut dyn FnMut(&Tensor, &[u32]) -> Result<BatchResult>,
     ) -> Result<Vec<SampleRecord>> {
+        let n = self.subset.len();
+        self.journaled_first(n, column, row, label, settings, n_eps, batch_size, attack)
+    }
+
+    /// [`Experiment::journaled`] on the first `n` samples of the subset only (the sanity
+    /// checks' extra runs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn journaled_first(
+        &mut self,
+        n: usize,
+        column: &str,
+        row: &str,
+        label: &str,
+        settings: &serde_json::Value,
+        n_eps: usize,
+        batch_size: usize,
+        attack: &mut dyn FnMut(&Tensor, &[u32]) -> Result<BatchResult>,
+    ) -> Result<Vec<SampleRecord>> {
         let journal = self.journal(column, row);
         let resume = self.run.resume;
-        let (test, subset, device) = (&self.test, &self.subset, &self.device);
+        let n = n.min(self.subset.len());
+        let (test, subset, device) = (&self.test, &self.subset[..n], &self.device);
         self.timer.stage(label, || {
             evaluate(
                 &journal, settings, resume, label, test, subset, n_eps, batch_size, device, attack,
@@ -350,10 +380,18 @@ impl<'r> Experiment<'r> {
         })
     }
 
-    /// The clean row of `column`: per sample of the subset, whether it is classified correctly.
+    /// The clean row of `column`: per sample of the subset, whether it is classified correctly
+    /// under the verdict protocol ([`crate::suite::verdicts`]).
     pub fn clean(&mut self, column: &ModelColumn, sizes: &EvalSizes) -> Result<Vec<bool>> {
-        let settings = serde_json::json!({ "row": "clean", "model": column.settings });
+        if let Some(v) = self.clean_verdicts.get(&column.name) {
+            return Ok(v.clone());
+        }
+        let mut settings = serde_json::json!({ "row": "clean", "model": column.settings });
+        if let (Some(v), Some(map)) = (verdict_settings(column, sizes), settings.as_object_mut()) {
+            map.insert("verdict".into(), v);
+        }
         let clf = column.classifier();
+        let draws = sizes.verdict_draws;
         let records = self.journaled(
             &column.name,
             "clean",
@@ -361,14 +399,43 @@ impl<'r> Experiment<'r> {
             &settings,
             1,
             sizes.batch_size,
-            &mut |xs, ys| clean_row(clf, xs, ys),
+            &mut |xs, ys| clean_row(clf, xs, ys, draws),
         )?;
-        Ok(records.iter().map(|r| r.robust[0]).collect())
+        let v: Vec<bool> = records.iter().map(|r| r.robust[0]).collect();
+        self.clean_verdicts.insert(column.name.clone(), v.clone());
+        Ok(v)
+    }
+
+    /// The journal settings of attack row `row` of `column` seeded with `seed`.
+    pub fn row_settings(
+        &self,
+        column: &ModelColumn,
+        row: AttackRow,
+        seed: u64,
+        sizes: &EvalSizes,
+    ) -> Result<serde_json::Value> {
+        let ds = self.dataset;
+        let mut settings = serde_json::json!({
+            "row": row.key(),
+            "epsilon": ds.epsilon(row.norm),
+            "attack_seed": seed,
+            "attack": row_config(row, sizes, ds, seed)?,
+            "sizes": attack_fingerprint(sizes)?,
+            "eot": column.is_stochastic(),
+            "model": column.settings,
+        });
+        if let (Some(v), Some(map)) = (verdict_settings(column, sizes), settings.as_object_mut()) {
+            map.insert("verdict".into(), v);
+        }
+        Ok(settings)
     }
 
     /// Attack row `row` of the suite on `column` at the dataset's epsilon, with its seed from
     /// row index `row_index` ([`crate::seeds::attack`]; for Tables 1-4 the index in
-    /// [`crate::ATTACK_ROWS`]), EOT for randomised models. Per sample: robust or not.
+    /// [`crate::ATTACK_ROWS`], then [`crate::suite::BEYOND_ROWS`]), EOT for randomised
+    /// models. Per sample: robust or not, which requires the clean image to be classified
+    /// correctly too ([`crate::suite::and_clean`]; the journal records the attack's own
+    /// verdict).
     pub fn suite_row(
         &mut self,
         column: &ModelColumn,
@@ -376,18 +443,10 @@ impl<'r> Experiment<'r> {
         row_index: usize,
         sizes: &EvalSizes,
     ) -> Result<Vec<bool>> {
+        let clean = self.clean(column, sizes)?;
         let ds = self.dataset;
         let seed = crate::seeds::attack(self.run.seed, row_index);
-        let stochastic = column.is_stochastic();
-        let settings = serde_json::json!({
-            "row": row.key(),
-            "epsilon": ds.epsilon(row.norm),
-            "attack_seed": seed,
-            "attack": row_config(row, sizes, ds, seed)?,
-            "sizes": attack_fingerprint(sizes)?,
-            "eot": stochastic,
-            "model": column.settings,
-        });
+        let settings = self.row_settings(column, row, seed, sizes)?;
         let clf = column.classifier();
         let records = self.journaled(
             &column.name,
@@ -396,17 +455,15 @@ impl<'r> Experiment<'r> {
             &settings,
             1,
             sizes.batch_size,
-            &mut |xs, ys| {
-                with_eot(clf, sizes.eot_samples, |m| {
-                    run_row(row, sizes, ds, m, xs, ys, seed)
-                })
-            },
+            &mut |xs, ys| run_row(row, sizes, ds, clf, xs, ys, seed),
         )?;
-        Ok(records.iter().map(|r| r.robust[0]).collect())
+        let attack: Vec<bool> = records.iter().map(|r| r.robust[0]).collect();
+        Ok(and_clean(&clean, &attack))
     }
 
-    /// Tables 1-4's protocol for one column: its clean row and every row of
-    /// [`crate::ATTACK_ROWS`] (seeded by their index), each journaled, recorded in `outcomes`
+    /// Tables 1-4's protocol for one column: its clean row, every row of
+    /// [`crate::ATTACK_ROWS`] and of [`crate::suite::BEYOND_ROWS`] (seeded by their index in
+    /// that order), each journaled, recorded in `outcomes`
     /// under the column's name. Add the ALL rows with [`crate::report::add_all_row`] once every
     /// column is in.
     pub fn table_protocol(
@@ -420,7 +477,10 @@ impl<'r> Experiment<'r> {
             .entry(crate::RowKey::Clean)
             .or_default()
             .insert(column.name.clone(), clean);
-        for (r_idx, row) in crate::ATTACK_ROWS.iter().enumerate() {
+        let rows = crate::ATTACK_ROWS
+            .iter()
+            .chain(crate::suite::BEYOND_ROWS.iter());
+        for (r_idx, row) in rows.enumerate() {
             let robust = self.suite_row(column, *row, r_idx, sizes)?;
             outcomes
                 .entry(crate::RowKey::Attack(*row))
@@ -428,6 +488,96 @@ impl<'r> Experiment<'r> {
                 .insert(column.name.clone(), robust);
         }
         Ok(())
+    }
+
+    /// [`Experiment::table_protocol`], then the sanity checks' extra runs
+    /// ([`Experiment::sanity_runs`]) on the column's PGD rows.
+    pub fn table_protocol_checked(
+        &mut self,
+        column: &ModelColumn,
+        sizes: &EvalSizes,
+        outcomes: &mut crate::Outcomes,
+    ) -> Result<std::collections::BTreeMap<String, crate::ledger::ExtraRuns>> {
+        self.table_protocol(column, sizes, outcomes)?;
+        let pgd_rows: Vec<(AttackRow, usize, Vec<bool>)> = crate::ATTACK_ROWS
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.attack == crate::AttackKind::Pgd)
+            .map(|(i, r)| {
+                let v = outcomes[&crate::RowKey::Attack(*r)][&column.name].clone();
+                (*r, i, v)
+            })
+            .collect();
+        self.sanity_runs(column, sizes, &pgd_rows)
+    }
+
+    /// The extra attack runs of the sanity checks ([`crate::ledger::doubling_and_large_epsilon`])
+    /// for `column`, on the first `sizes.check_samples` samples, per norm: PGD with twice the
+    /// steps and random starts (the row's seed, so its first starts are the row's), and PGD at
+    /// four times the epsilon. `pgd_rows` holds the column's PGD row outcomes per norm (from
+    /// [`Experiment::suite_row`]). Each run is journaled as `check-double-<norm>-pgd` /
+    /// `check-large-<norm>-pgd`.
+    pub fn sanity_runs(
+        &mut self,
+        column: &ModelColumn,
+        sizes: &EvalSizes,
+        pgd_rows: &[(AttackRow, usize, Vec<bool>)],
+    ) -> Result<std::collections::BTreeMap<String, crate::ledger::ExtraRuns>> {
+        let clean = self.clean(column, sizes)?;
+        let ds = self.dataset;
+        let k = sizes.check_samples.min(self.subset.len());
+        let mut doubled_sizes = sizes.clone();
+        doubled_sizes.pgd_steps = 2 * sizes.pgd_steps;
+        doubled_sizes.pgd_restarts =
+            Some(2 * sizes.pgd_restarts.unwrap_or_else(|| ds.pgd_random_starts()));
+        let mut out = std::collections::BTreeMap::new();
+        let clf = column.classifier();
+        for (row, row_index, table_row) in pgd_rows {
+            let row = *row;
+            let seed = crate::seeds::attack(self.run.seed, *row_index);
+            let mut settings = self.row_settings(column, row, seed, &doubled_sizes)?;
+            settings["check"] = "twice the steps and random starts".into();
+            let norm = crate::suite::norm_str(row.norm);
+            let doubled = self.journaled_first(
+                k,
+                &column.name,
+                &format!("check-double-{}", row.key()),
+                &format!("{} check: {row} doubled", column.name),
+                &settings,
+                1,
+                sizes.batch_size,
+                &mut |xs, ys| run_row(row, &doubled_sizes, ds, clf, xs, ys, seed),
+            )?;
+            let large = 4.0 * ds.epsilon(row.norm);
+            let seed = crate::seeds::check_attack(self.run.seed, 1, *row_index);
+            let mut settings = self.row_settings(column, row, seed, sizes)?;
+            settings["epsilon"] = large.into();
+            settings["check"] = "four times the epsilon".into();
+            let at_large = self.journaled_first(
+                k,
+                &column.name,
+                &format!("check-large-{}", row.key()),
+                &format!("{} check: {row} at eps {large}", column.name),
+                &settings,
+                1,
+                sizes.batch_size,
+                &mut |xs, ys| crate::suite::run_row_at(row, sizes, ds, clf, xs, ys, seed, large),
+            )?;
+            let verdict = |r: &[SampleRecord]| -> Vec<bool> {
+                let v: Vec<bool> = r.iter().map(|r| r.robust[0]).collect();
+                and_clean(&clean[..k], &v)
+            };
+            out.insert(
+                norm.to_string(),
+                crate::ledger::ExtraRuns {
+                    pgd: table_row[..k.min(table_row.len())].to_vec(),
+                    doubled: verdict(&doubled),
+                    large_epsilon: large,
+                    at_large: verdict(&at_large),
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// Ends the experiment: its provenance (this machine, the run's preset, seed and device, and

@@ -47,7 +47,7 @@ pub use evaluate::{evaluate, select_subset, BatchResult, ResumePolicy, SampleRec
 pub use experiment::{Experiment, ModelColumn};
 pub use preset::{EvalSizes, Preset};
 pub use report::{Outcomes, TableReport};
-pub use suite::{AttackKind, AttackRow, RowKey, ATTACK_ROWS};
+pub use suite::{AttackKind, AttackRow, RowKey, ATTACK_ROWS, BEYOND_ROWS};
 
 use anyhow::{bail, Result};
 use serde::Serialize;

@@ -84,19 +84,33 @@ pub struct TableReport {
 /// Per-sample outcomes: `outcomes[row][model]` = robust flags over the samples.
 pub type Outcomes = BTreeMap<RowKey, BTreeMap<String, Vec<bool>>>;
 
-/// The attack rows of `norm` in `outcomes` (not its ALL row), in key order.
-fn attacks_of(outcomes: &Outcomes, norm: Norm) -> Vec<RowKey> {
+/// The attack rows of `norm` in `outcomes` (not its ALL rows), in key order: the paper's
+/// attacks, and with `beyond` ours beyond the paper too.
+fn attacks_of(outcomes: &Outcomes, norm: Norm, beyond: bool) -> Vec<RowKey> {
     outcomes
         .keys()
         .copied()
-        .filter(|k| matches!(k, RowKey::Attack(r) if r.norm == norm))
+        .filter(|k| {
+            matches!(k, RowKey::Attack(r) if r.norm == norm && (beyond || !r.attack.beyond_paper()))
+        })
         .collect()
 }
 
 /// Adds the "ALL" row of `norm` to `outcomes`: per sample and model, robust only if every
-/// attack of that norm failed (clean misclassifications count as failures of every attack).
+/// attack of the paper's suite in that norm failed (clean misclassifications count as failures
+/// of every attack); where rows beyond the paper exist (Auto-PGD), also the "ALL+" row over
+/// every attack of the norm.
 pub fn add_all_row(outcomes: &mut Outcomes, norm: Norm, models: &[String]) -> Result<()> {
-    let rows = attacks_of(outcomes, norm);
+    add_combined(outcomes, norm, models, false)?;
+    let paper_rows = attacks_of(outcomes, norm, false).len();
+    if attacks_of(outcomes, norm, true).len() > paper_rows {
+        add_combined(outcomes, norm, models, true)?;
+    }
+    Ok(())
+}
+
+fn add_combined(outcomes: &mut Outcomes, norm: Norm, models: &[String], plus: bool) -> Result<()> {
+    let rows = attacks_of(outcomes, norm, plus);
     let mut all = BTreeMap::new();
     for m in models {
         let per_attack: Vec<&[bool]> = rows
@@ -109,7 +123,12 @@ pub fn add_all_row(outcomes: &mut Outcomes, norm: Norm, models: &[String]) -> Re
         all.insert(m.clone(), robust_to_all(&per_attack)?);
     }
     if !all.is_empty() {
-        outcomes.insert(RowKey::All(norm), all);
+        let key = if plus {
+            RowKey::AllPlus(norm)
+        } else {
+            RowKey::All(norm)
+        };
+        outcomes.insert(key, all);
     }
     Ok(())
 }
@@ -155,8 +174,8 @@ pub fn build(
             })
             .collect::<Result<_>>()?;
         let (accuracies, mcnemar) = match key {
-            RowKey::All(norm) => {
-                let attacks = attacks_of(outcomes, norm);
+            RowKey::All(norm) | RowKey::AllPlus(norm) => {
+                let attacks = attacks_of(outcomes, norm, matches!(key, RowKey::AllPlus(_)));
                 let names: Vec<String> = attacks.iter().map(|r| r.key()).collect();
                 let per_model: Vec<Vec<&[bool]>> = models
                     .iter()
@@ -257,6 +276,9 @@ pub(crate) fn attack_title(attack: &str) -> String {
         "ddn" => "DDN".into(),
         "cw" => "CW".into(),
         "all" => "ALL".into(),
+        "all+" => "ALL+".into(),
+        "apgd-ce" => "APGD-CE (beyond the paper)".into(),
+        "apgd-dlr" => "APGD-DLR (beyond the paper)".into(),
         other => other.to_uppercase(),
     }
 }
@@ -300,6 +322,11 @@ pub fn to_markdown(r: &TableReport, title: &str) -> String {
         last_norm = row.norm.clone();
         let name = if row.attack == "all" {
             format!("ALL {}", norm_title(&row.norm))
+        } else if row.attack == "all+" {
+            format!(
+                "ALL+ {} (with ours beyond the paper)",
+                norm_title(&row.norm)
+            )
         } else {
             attack_title(&row.attack)
         };

@@ -7,7 +7,7 @@
 //! tables' PGD rows, Figures 3-5 the tables' PGD seeds), so numbers never change when a target
 //! is reorganised.
 
-use crate::suite::{AttackRow, ATTACK_ROWS};
+use crate::suite::{AttackRow, ATTACK_ROWS, BEYOND_ROWS};
 
 /// Seed of the test-sample subset and of data loading: the master seed itself.
 pub fn subset(master: u64) -> u64 {
@@ -26,13 +26,21 @@ pub fn attack(master: u64, row: usize) -> u64 {
     master.wrapping_mul(1000).wrapping_add(row as u64)
 }
 
-/// Seed of the Tables 1-4 row `row` ([`attack`] at its index in [`ATTACK_ROWS`]), or `None`
-/// when the suite has no such row.
+/// Seed of the Tables 1-4 row `row` ([`attack`] at its index in [`ATTACK_ROWS`], then in
+/// [`BEYOND_ROWS`] continuing the count), or `None` when the suite has no such row.
 pub fn table_attack(master: u64, row: AttackRow) -> Option<u64> {
     ATTACK_ROWS
         .iter()
+        .chain(BEYOND_ROWS.iter())
         .position(|r| *r == row)
         .map(|i| attack(master, i))
+}
+
+/// Seed of sanity check `check` (0-based) of a Tables 1-4 column on attack row `row`
+/// ([`crate::ledger`]'s extra runs): [`attack`] at `200 + 20 * check + row`, apart from the
+/// rows' own seeds.
+pub fn check_attack(master: u64, check: usize, row: usize) -> u64 {
+    attack(master, 200 + 20 * check + row)
 }
 
 /// Seed of the gradient-free check's row `row` (Section 5): [`attack`] at `100 + row`, apart
@@ -68,6 +76,11 @@ mod tests {
             None
         );
         assert_eq!(gradient_free_attack(1, 2), 1102);
+        assert_eq!(
+            table_attack(0, AttackRow::new(Norm::L2, AttackKind::ApgdDlr)),
+            Some(11)
+        );
+        assert_eq!(check_attack(0, 1, 3), 223);
         assert_eq!(pool(0, 1), 0x9002);
     }
 }

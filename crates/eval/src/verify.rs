@@ -81,21 +81,31 @@ pub fn run(dir: &Path) -> Result<String> {
             );
         }
     }
-    // The ALL rows: robust only where every attack of the norm failed.
+    // The ALL rows: robust only where every attack of the paper's suite in the norm failed;
+    // the ALL+ rows: every attack of the norm, ours beyond the paper included.
     for norm in ["linf", "l2"] {
-        let Some(all) = outcomes.outcomes.get(&format!("{norm}-all")) else {
-            continue;
-        };
-        for m in &report.models {
-            let attacks: Vec<&Vec<bool>> = outcomes
-                .outcomes
-                .iter()
-                .filter(|(k, _)| k.starts_with(&format!("{norm}-")) && !k.ends_with("-all"))
-                .filter_map(|(_, pm)| pm.get(m))
-                .collect();
-            let expect: Vec<bool> = (0..n).map(|i| attacks.iter().all(|a| a[i])).collect();
-            if all.get(m) != Some(&expect) {
-                bail!("{m}: the ALL {norm} row is not the per-sample AND of the {norm} attacks");
+        for plus in [false, true] {
+            let key = format!("{norm}-all{}", if plus { "+" } else { "" });
+            let Some(all) = outcomes.outcomes.get(&key) else {
+                continue;
+            };
+            for m in &report.models {
+                let attacks: Vec<&Vec<bool>> = outcomes
+                    .outcomes
+                    .iter()
+                    .filter(|(k, _)| match crate::suite::RowKey::parse_key(k) {
+                        Some(crate::suite::RowKey::Attack(r)) => {
+                            crate::suite::norm_str(r.norm) == norm
+                                && (plus || !r.attack.beyond_paper())
+                        }
+                        _ => false,
+                    })
+                    .filter_map(|(_, pm)| pm.get(m))
+                    .collect();
+                let expect: Vec<bool> = (0..n).map(|i| attacks.iter().all(|a| a[i])).collect();
+                if all.get(m) != Some(&expect) {
+                    bail!("{m}: the {key} row is not the per-sample AND of its {norm} attacks");
+                }
             }
         }
     }
@@ -234,46 +244,42 @@ fn check_journals(dir: &Path, report: &TableReport, outcomes: &OutcomesFile) -> 
     }
     let mut checked = 0;
     for (key, per_model) in &outcomes.outcomes {
-        if key.ends_with("-all") {
+        if key.ends_with("-all") || key.ends_with("-all+") {
             continue;
         }
         for (model, v) in per_model {
-            let path = root.join(model).join(format!("{}.jsonl", journal_row(key)));
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "{}: the journal of {model} on {key} is missing, so outcomes.json cannot be checked against it",
-                    path.display()
-                )
-            })?;
-            let mut by_sample: BTreeMap<usize, crate::evaluate::SampleRecord> = BTreeMap::new();
-            for (i, line) in text.lines().enumerate() {
-                let r: crate::evaluate::SampleRecord = serde_json::from_str(line)
-                    .with_context(|| format!("{} line {}: not a record", path.display(), i + 1))?;
-                let s = r.sample;
-                ensure!(
-                    by_sample.insert(s, r).is_none(),
-                    "{} line {}: sample {s} recorded twice",
-                    path.display(),
-                    i + 1
-                );
-            }
-            ensure!(
-                by_sample.len() == v.len(),
-                "{}: {} samples journaled, outcomes.json has {} for {model} on {key}",
-                path.display(),
-                by_sample.len(),
-                v.len()
-            );
+            let journaled = read_journal(
+                &root.join(model).join(format!("{}.jsonl", journal_row(key))),
+                model,
+                key,
+                v.len(),
+            )?;
+            // An attack row counts a sample robust only when its clean image is classified
+            // correctly too (the verdict protocol): the outcome is the clean journal's verdict
+            // and the row journal's.
+            let clean = if key == "none-clean" {
+                None
+            } else {
+                Some(read_journal(
+                    &root.join(model).join("clean.jsonl"),
+                    model,
+                    "none-clean",
+                    v.len(),
+                )?)
+            };
             for (i, &robust) in v.iter().enumerate() {
-                let r = by_sample
-                    .get(&i)
-                    .with_context(|| format!("{}: sample {i} is not journaled", path.display()))?;
+                let r = &journaled[i];
+                let expect = r.robust.first() == Some(&true)
+                    && clean
+                        .as_ref()
+                        .is_none_or(|c| c[i].robust.first() == Some(&true));
                 ensure!(
-                    r.test_index == outcomes.samples[i] && r.robust.first() == Some(&robust),
-                    "{}: sample {i} (test index {}) journaled as {}, outcomes.json says {} for {model} on {key}",
-                    path.display(),
+                    r.test_index == outcomes.samples[i] && expect == robust,
+                    "{}/{}.jsonl: sample {i} (test index {}) journaled as {}, outcomes.json says {} for {model} on {key}",
+                    root.join(model).display(),
+                    journal_row(key),
                     r.test_index,
-                    if r.robust.first() == Some(&true) { "robust" } else { "not robust" },
+                    if expect { "robust" } else { "not robust" },
                     if robust { "robust" } else { "not robust" }
                 );
             }
@@ -281,6 +287,46 @@ fn check_journals(dir: &Path, report: &TableReport, outcomes: &OutcomesFile) -> 
         }
     }
     Ok(checked)
+}
+
+/// The records of one journal, one per sample `0..n` in order, or why not.
+fn read_journal(
+    path: &Path,
+    model: &str,
+    key: &str,
+    n: usize,
+) -> Result<Vec<crate::evaluate::SampleRecord>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "{}: the journal of {model} on {key} is missing, so outcomes.json cannot be checked against it",
+            path.display()
+        )
+    })?;
+    let mut by_sample: BTreeMap<usize, crate::evaluate::SampleRecord> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let r: crate::evaluate::SampleRecord = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not a record", path.display(), i + 1))?;
+        let s = r.sample;
+        ensure!(
+            by_sample.insert(s, r).is_none(),
+            "{} line {}: sample {s} recorded twice",
+            path.display(),
+            i + 1
+        );
+    }
+    ensure!(
+        by_sample.len() == n,
+        "{}: {} samples journaled, outcomes.json has {n} for {model} on {key}",
+        path.display(),
+        by_sample.len(),
+    );
+    (0..n)
+        .map(|i| {
+            by_sample
+                .remove(&i)
+                .with_context(|| format!("{}: sample {i} is not journaled", path.display()))
+        })
+        .collect()
 }
 
 /// The checkpoints the results record (`config.json` `checkpoint_files`) must still be the

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use crate::experiment::Experiment;
 use crate::report::{add_all_row, build, write_outputs, Outcomes};
 use crate::suite::Epsilon;
-use crate::suite::{RowKey, ATTACK_ROWS};
+use crate::suite::{RowKey, ATTACK_ROWS, BEYOND_ROWS};
 use crate::RunSpec;
 
 /// The models of Tables 1-4, in column order (their index seeds their inference).
@@ -39,7 +39,7 @@ pub fn table_of(kind: DatasetKind) -> &'static str {
 }
 
 /// The rows of a table in the paper's order: clean, then per norm its attacks and its ALL
-/// row, each with its epsilon.
+/// row, then ours beyond the paper (Auto-PGD) and the ALL+ row, each with its epsilon.
 pub fn table_rows(ds: DatasetKind) -> Vec<(RowKey, f64)> {
     let mut order = vec![(RowKey::Clean, 0.0)];
     for norm in [Norm::Linf, Norm::L2] {
@@ -48,6 +48,10 @@ pub fn table_rows(ds: DatasetKind) -> Vec<(RowKey, f64)> {
             order.push((RowKey::Attack(*row), eps));
         }
         order.push((RowKey::All(norm), eps));
+        for row in BEYOND_ROWS.iter().filter(|r| r.norm == norm) {
+            order.push((RowKey::Attack(*row), eps));
+        }
+        order.push((RowKey::AllPlus(norm), eps));
     }
     order
 }
@@ -62,6 +66,7 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
     let names: Vec<String> = MODEL_KINDS.iter().map(|k| k.name().to_string()).collect();
     let mut checkpoint_files = Vec::new();
     let mut stochastic = Vec::new();
+    let mut extras = crate::ledger::Extras::new();
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
         let obtained = exp.obtain(mk)?;
         let column = exp.column(m_idx, mk.name(), obtained, &sizes, None)?;
@@ -69,7 +74,8 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
         if column.is_stochastic() {
             stochastic.push(column.name.clone());
         }
-        exp.table_protocol(&column, &sizes, &mut outcomes)?;
+        let runs = exp.table_protocol_checked(&column, &sizes, &mut outcomes)?;
+        extras.insert(column.name.clone(), runs);
     }
     add_all_row(&mut outcomes, Norm::Linf, &names)?;
     add_all_row(&mut outcomes, Norm::L2, &names)?;
@@ -87,8 +93,13 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
         "checkpoint_files": checkpoint_files,
         "test_data_sha256": exp.test_sha256,
     });
-    let ledger = crate::ledger::from_journals(&exp.journal_root, &names, &ATTACK_ROWS)?;
-    let checks = crate::ledger::checks(&outcomes, &ledger, &names, &stochastic)?;
+    let all_rows: Vec<_> = ATTACK_ROWS
+        .iter()
+        .chain(BEYOND_ROWS.iter())
+        .copied()
+        .collect();
+    let ledger = crate::ledger::from_journals(&exp.journal_root, &names, &all_rows)?;
+    let checks = crate::ledger::checks(&outcomes, &ledger, &names, &stochastic, &extras)?;
     let subset = exp.subset.clone();
     let (provenance, out_dir, _lock) = exp.finish();
     let paper = crate::paper::cells(table, true);
@@ -114,6 +125,7 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
     report.worst_case = crate::ledger::summary(&ledger);
     report.checks = checks;
     crate::write_json(&out_dir.join("ledger.json"), &ledger)?;
+    crate::write_json(&out_dir.join("sanity-runs.json"), &extras)?;
     write_outputs(&out_dir, &report, &outcomes, &title)?;
     Ok(out_dir)
 }
@@ -127,6 +139,10 @@ mod tests {
         let rows = table_rows(DatasetKind::FashionMnist);
         let keys: Vec<(&str, &str)> = rows
             .iter()
+            .filter(|(r, _)| {
+                !matches!(r, RowKey::AllPlus(_))
+                    && !matches!(r, RowKey::Attack(a) if a.attack.beyond_paper())
+            })
             .map(|(r, _)| (r.norm_str(), r.attack_str()))
             .collect();
         assert_eq!(keys, crate::paper::ROWS);
