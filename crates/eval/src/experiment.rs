@@ -580,6 +580,40 @@ impl<'r> Experiment<'r> {
         Ok(out)
     }
 
+    /// The certified L_2 radius of eq. (7) (Appendix A's form, [`eabs_inference::bound`]) of
+    /// every sample for an ABS-like `column`, journaled as `bound-l2` (the radius as the
+    /// record's distance; `robust` says whether it is positive). `None` for other models. The
+    /// bound assumes exact inference whatever the column's mode (Appendix A.1).
+    pub fn certified_bounds(
+        &mut self,
+        column: &ModelColumn,
+        sizes: &EvalSizes,
+    ) -> Result<Option<Vec<f64>>> {
+        let Evaluated::Abs(abs) = &column.evaluated else {
+            return Ok(None);
+        };
+        let settings = serde_json::json!({
+            "row": "bound-l2",
+            "bound": "eq. (7), Appendix A: min_k (d_k^2 - l_y*) / (2 d_k + 2 r_y), exact inference",
+            "model": column.settings,
+        });
+        let inference = abs.inference();
+        let records = self.journaled(
+            &column.name,
+            "bound-l2",
+            &format!("{} certified L_2 bound", column.name),
+            &settings,
+            1,
+            sizes.batch_size,
+            &mut |xs, ys| {
+                let labels: Vec<usize> = ys.iter().map(|&y| y as usize).collect();
+                let b = inference.certified_bounds(xs, &labels)?;
+                Ok(vec![b.epsilons.iter().map(|&e| (e > 0.0, e)).collect()])
+            },
+        )?;
+        Ok(Some(records.iter().map(|r| r.distance[0]).collect()))
+    }
+
     /// Ends the experiment: its provenance (this machine, the run's preset, seed and device, and
     /// the stages of every invocation) and the still-held lock of its results folder, to be
     /// dropped once the outputs are written.

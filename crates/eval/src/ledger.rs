@@ -32,6 +32,10 @@ pub struct Worst {
     pub distance: Option<f64>,
     /// The attack that found it (`clean` for a clean misclassification).
     pub attack: Option<String>,
+    /// For the L_2 entries of ABS-like models: the sample's certified radius of eq. (7) (no
+    /// adversarial should be closer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<f64>,
 }
 
 /// `ledger[model][norm]`: one [`Worst`] per sample, in subset order.
@@ -59,8 +63,24 @@ pub fn from_journals(journal_root: &Path, models: &[String], rows: &[AttackRow])
                     sample: r.sample,
                     distance: (!r.robust[0]).then_some(0.0),
                     attack: (!r.robust[0]).then(|| "clean".to_string()),
+                    bound: None,
                 })
                 .collect();
+            if norm == Norm::L2 {
+                let path = journal_root.join(m).join("bound-l2.jsonl");
+                if path.is_file() {
+                    let bounds = read(m, "bound-l2")?;
+                    ensure!(
+                        bounds.len() == worst.len(),
+                        "{m}: {} certified bounds journaled, the clean row has {}",
+                        bounds.len(),
+                        worst.len()
+                    );
+                    for (w, b) in worst.iter_mut().zip(&bounds) {
+                        w.bound = Some(b.distance[0]);
+                    }
+                }
+            }
             let mut any = false;
             for row in rows.iter().filter(|r| r.norm == norm) {
                 any = true;
@@ -192,7 +212,89 @@ pub fn checks(
     out.extend(not_above_clean(outcomes, models, stochastic)?);
     out.extend(gradient_free_not_stronger(outcomes, models)?);
     out.extend(doubling_and_large_epsilon(extra));
+    out.extend(bound_not_undercut(ledger, stochastic));
     Ok(out)
+}
+
+/// No adversarial closer than its sample's certified L_2 radius (eq. (7)), for every model
+/// whose ledger holds radii. Where one is, the attack's point was judged by the model itself
+/// (its inference, the verdict protocol), so it is the bound that is wrong: the radius assumes
+/// the global minima of exact inference (Appendix A.1), and inference that stops in a local
+/// minimum overestimates the distances `d_k` to the other classes' manifolds; for a model
+/// evaluated with variational inference (E-ABS) the radius of exact inference does not
+/// describe the classifier attacked at all. The check says which applies.
+pub fn bound_not_undercut(ledger: &Ledger, stochastic: &[String]) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (model, per_norm) in ledger {
+        let Some(worst) = per_norm.get("l2") else {
+            continue;
+        };
+        if worst.iter().all(|w| w.bound.is_none()) {
+            continue;
+        }
+        let mut below = Vec::new();
+        let mut certified = 0;
+        for w in worst {
+            let Some(b) = w.bound else { continue };
+            if b > 0.0 {
+                certified += 1;
+            }
+            if let (Some(d), Some(a)) = (w.distance, &w.attack) {
+                if a != "clean" && d < b * (1.0 - 1e-6) {
+                    below.push(format!("sample {} {a} at {d:.3} < {b:.3}", w.sample));
+                }
+            }
+        }
+        let median = {
+            let mut v: Vec<f64> = worst.iter().filter_map(|w| w.bound).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let why = if stochastic.contains(model) {
+            "this model is evaluated with variational inference, and the radius is exact \
+             inference's (Appendix A.1), so it does not bound the classifier attacked"
+        } else {
+            "the adversarials were verified by the model's own inference, so the bound is wrong: \
+             it assumes the global minima of exact inference, and inference stopped in local \
+             minima overestimates the distances to the other classes' manifolds"
+        };
+        out.push(Check {
+            name: format!("{model}: no L_2 adversarial closer than its certified radius (eq. 7)"),
+            passed: below.is_empty(),
+            detail: if below.is_empty() {
+                format!(
+                    "{certified} of {} samples certified, median radius {median:.3}; every \
+                     adversarial found lies outside its sample's radius",
+                    worst.len()
+                )
+            } else {
+                format!(
+                    "{} adversarials inside the radius ({}): {why}",
+                    below.len(),
+                    below.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+                )
+            },
+        });
+    }
+    out
+}
+
+/// Accuracy (percent) at each epsilon of `grid` from a model's ledger entries of one norm: a
+/// sample counts as robust at `e` when no adversarial at distance `<= e` was found (an upper
+/// bound on the true robust accuracy, valid up to the table's epsilon, where the attacks
+/// stopped looking).
+pub fn accuracy_curve(worst: &[Worst], grid: &[f64]) -> Vec<f64> {
+    grid.iter()
+        .map(|&e| {
+            let robust = worst
+                .iter()
+                // Distances of float32 images may exceed the epsilon they were clipped to by a
+                // rounding error: those count as within it.
+                .filter(|w| w.distance.is_none_or(|d| d > e * (1.0 + 1e-5)))
+                .count();
+            100.0 * robust as f64 / worst.len().max(1) as f64
+        })
+        .collect()
 }
 
 /// The ledger's robust samples equal the row-wise ALL+ row where it exists (the ledger counts
@@ -573,5 +675,61 @@ mod tests {
             "{c:?}"
         );
         Ok(())
+    }
+
+    fn worst(sample: usize, distance: Option<f64>, attack: &str, bound: Option<f64>) -> Worst {
+        Worst {
+            sample,
+            distance,
+            attack: distance.map(|_| attack.to_string()),
+            bound,
+        }
+    }
+
+    #[test]
+    fn curve_counts_samples_not_broken_within_each_epsilon() {
+        let w = vec![
+            worst(0, Some(0.0), "clean", None),
+            worst(1, Some(0.5), "pgd", None),
+            worst(2, Some(1.5000001), "cw", None),
+            worst(3, None, "", None),
+        ];
+        let acc = accuracy_curve(&w, &[0.0, 0.4, 1.0, 1.5]);
+        assert_eq!(acc, vec![75.0, 75.0, 50.0, 25.0]);
+    }
+
+    #[test]
+    fn an_adversarial_inside_the_certified_radius_fails_and_says_why() {
+        let mut ledger = Ledger::new();
+        let ok = vec![
+            worst(0, Some(0.0), "clean", Some(0.0)),
+            worst(1, Some(0.9), "ddn", Some(0.3)),
+            worst(2, None, "", Some(0.4)),
+        ];
+        ledger.insert("ABS".into(), [("l2".to_string(), ok)].into_iter().collect());
+        let c = bound_not_undercut(&ledger, &[]);
+        assert!(c.len() == 1 && c[0].passed, "{c:?}");
+        let bad = vec![worst(0, Some(0.2), "cw", Some(0.3))];
+        ledger.insert(
+            "E-ABS".into(),
+            [("l2".to_string(), bad.clone())].into_iter().collect(),
+        );
+        ledger.insert(
+            "ABS".into(),
+            [("l2".to_string(), bad)].into_iter().collect(),
+        );
+        let c = bound_not_undercut(&ledger, &["E-ABS".to_string()]);
+        assert!(c.iter().all(|c| !c.passed), "{c:?}");
+        assert!(c[0].detail.contains("the bound is wrong"), "{c:?}");
+        assert!(c[1].detail.contains("variational"), "{c:?}");
+        // Models without radii (the CNNs) get no check.
+        let mut cnn = Ledger::new();
+        cnn.insert(
+            "CNN".into(),
+            [("l2".to_string(), vec![worst(0, Some(0.1), "pgd", None)])]
+                .into_iter()
+                .collect(),
+        );
+        assert!(bound_not_undercut(&cnn, &[]).is_empty());
     }
 }

@@ -1,8 +1,11 @@
 //! Journals written before the experiment engine moved out of xtask (commit 13e4c30: the smoke
 //! Table 2's CNN column, with its checkpoint) resume under `eabs-eval` without a single sample
-//! being recomputed, and give the outcomes that run recorded.
+//! being recomputed, and give the outcomes that run recorded (each attack row now also requiring
+//! the clean verdict). The rows whose attack changed since (PGD, which now ascends the margin
+//! too; CW, whose early abort is now Foolbox's) are refused, naming what changed.
 
-use eabs_eval::{DatasetKind, Experiment, Outcomes, Preset, RunSpec};
+use eabs_eval::suite::and_clean;
+use eabs_eval::{AttackKind, DatasetKind, Experiment, Preset, RunSpec, ATTACK_ROWS};
 use eabs_models::ModelKind;
 use std::path::Path;
 
@@ -49,26 +52,43 @@ fn journals_of_the_old_layout_resume_unchanged() -> anyhow::Result<()> {
     let mut exp = Experiment::open(&spec, "table2", DatasetKind::FashionMnist, sizes.n_samples)?;
     let obtained = exp.obtain(ModelKind::Cnn)?;
     let column = exp.column(0, "CNN", obtained, &sizes, None)?;
-    let mut outcomes = Outcomes::new();
-    exp.table_protocol(&column, &sizes, &mut outcomes)?;
-
     let recorded: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("cnn-outcomes.json"))?)?;
     assert_eq!(recorded["samples"], serde_json::json!(exp.subset));
-    for (row, per_model) in &outcomes {
-        assert_eq!(
-            serde_json::json!(per_model["CNN"]),
-            recorded["outcomes"][row.key()],
-            "{}",
-            row.key()
-        );
+    let as_bools = |v: &serde_json::Value| -> Vec<bool> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_bool().unwrap())
+            .collect()
+    };
+    let clean = exp.clean(&column, &sizes)?;
+    assert_eq!(clean, as_bools(&recorded["outcomes"]["none-clean"]));
+    let mut resumed = vec!["clean.jsonl".to_string()];
+    for (i, row) in ATTACK_ROWS.iter().enumerate() {
+        let result = exp.suite_row(&column, *row, i, &sizes);
+        if row.attack == AttackKind::Pgd || row.attack == AttackKind::Cw {
+            let err = format!(
+                "{:#}",
+                result.expect_err("a changed attack must not resume")
+            );
+            assert!(
+                err.contains("was written by an evaluation with other inputs")
+                    && err.contains("attack"),
+                "{row}: {err}"
+            );
+            continue;
+        }
+        let expect = and_clean(&clean, &as_bools(&recorded["outcomes"][row.key()]));
+        assert_eq!(result?, expect, "{row}");
+        resumed.push(format!("{}.jsonl", row.key()));
     }
-    assert_eq!(outcomes.len(), 9, "clean and the eight attack rows");
+    assert_eq!(resumed.len(), 6, "clean and five unchanged attack rows");
     // Resumed, not redone: every journal is byte for byte the old one.
-    for entry in std::fs::read_dir(fixture.join("journal/seed0/CNN"))? {
-        let entry = entry?;
-        let now = std::fs::read(journals.join(entry.file_name()))?;
-        assert_eq!(now, std::fs::read(entry.path())?, "{:?}", entry.file_name());
+    for name in &resumed {
+        let now = std::fs::read(journals.join(name))?;
+        let then = std::fs::read(fixture.join("journal/seed0/CNN").join(name))?;
+        assert_eq!(now, then, "{name}");
     }
     Ok(())
 }

@@ -134,39 +134,158 @@ pub fn examples(figure: &str, default: DatasetKind, spec: &RunSpec) -> Result<Pa
 /// Figure 3's charts: one polyline per model, one vertex per epsilon, PNGs of the chart size.
 fn verify_charts(dir: &Path, report: &Figure3Report) -> Result<()> {
     for panel in &report.panels {
-        let norm = &panel.norm;
-        let svg_path = dir.join(format!("fig3-{norm}.svg"));
-        let svg = std::fs::read_to_string(&svg_path)
-            .with_context(|| format!("reading {}", svg_path.display()))?;
-        let lines = plot::svg_polylines(&svg);
-        for (i, m) in report.models.iter().enumerate() {
-            let (r, g, b) = plot::PALETTE[i % plot::PALETTE.len()];
-            let colour = format!("#{r:02X}{g:02X}{b:02X}");
-            let mine: Vec<usize> = lines
-                .iter()
-                .filter(|(c, _)| *c == colour)
-                .map(|(_, k)| *k)
-                .collect();
-            ensure!(
-                mine == [panel.epsilons.len()],
-                "{}: {m}'s curve should be one polyline of {} points, found {mine:?}",
-                svg_path.display(),
-                panel.epsilons.len()
-            );
-        }
-        let png_path = dir.join(format!("fig3-{norm}.png"));
-        let img =
-            image::open(&png_path).with_context(|| format!("decoding {}", png_path.display()))?;
-        ensure!(
-            (img.width(), img.height()) == plot::CHART_SIZE,
-            "{}: {}x{} pixels, expected {:?}",
-            png_path.display(),
-            img.width(),
-            img.height(),
-            plot::CHART_SIZE
-        );
+        verify_chart(
+            dir,
+            &format!("fig3-{}", panel.norm),
+            &report.models,
+            panel.epsilons.len(),
+        )?;
     }
     Ok(())
+}
+
+/// `<stem>.svg` has one polyline of `n_points` points per model, in the palette's colours in
+/// order, and `<stem>.png` is a chart-sized image.
+fn verify_chart(dir: &Path, stem: &str, models: &[String], n_points: usize) -> Result<()> {
+    let svg_path = dir.join(format!("{stem}.svg"));
+    let svg = std::fs::read_to_string(&svg_path)
+        .with_context(|| format!("reading {}", svg_path.display()))?;
+    let lines = plot::svg_polylines(&svg);
+    for (i, m) in models.iter().enumerate() {
+        let (r, g, b) = plot::PALETTE[i % plot::PALETTE.len()];
+        let colour = format!("#{r:02X}{g:02X}{b:02X}");
+        let mine: Vec<usize> = lines
+            .iter()
+            .filter(|(c, _)| *c == colour)
+            .map(|(_, k)| *k)
+            .collect();
+        ensure!(
+            mine == [n_points],
+            "{}: {m}'s curve should be one polyline of {n_points} points, found {mine:?}",
+            svg_path.display(),
+        );
+    }
+    let png_path = dir.join(format!("{stem}.png"));
+    let img = image::open(&png_path).with_context(|| format!("decoding {}", png_path.display()))?;
+    ensure!(
+        (img.width(), img.height()) == plot::CHART_SIZE,
+        "{}: {}x{} pixels, expected {:?}",
+        png_path.display(),
+        img.width(),
+        img.height(),
+        plot::CHART_SIZE
+    );
+    Ok(())
+}
+
+/// Points of a ledger curve: 0 to the table's epsilon in 40 steps.
+const LEDGER_POINTS: usize = 41;
+
+/// The accuracy-vs-epsilon charts of a table's per-sample ledger (issue 14, item 5), one
+/// curve per model and a chart per norm, drawn from `ledger.json` into `ledger-<norm>.svg` and
+/// `.png`: at each epsilon up to the table's, the share of samples no attack broke within it.
+/// Returns the charts' stems.
+pub fn ledger_charts(dir: &Path) -> Result<Vec<String>> {
+    let (report, ledger, curves) = ledger_curves(dir)?;
+    let mut stems = Vec::new();
+    for (norm, eps, grid, series) in curves {
+        let title = if norm == "linf" { "L∞" } else { "L₂" };
+        let chart = LineChart {
+            title: format!(
+                "{}: accuracy under the per-sample worst case, {title} ({} samples)",
+                report.table.replace("table", "Table "),
+                report.samples.len()
+            ),
+            x_label: format!("{title} ε"),
+            y_label: "accuracy (%)".into(),
+            x_range: (0.0, eps),
+            y_range: (-3.0, 103.0),
+            series: series
+                .into_iter()
+                .map(|(name, acc)| Series {
+                    name,
+                    points: grid.iter().copied().zip(acc).collect(),
+                })
+                .collect(),
+            marker: Some((eps, format!("table ε = {eps}"))),
+        };
+        let stem = format!("ledger-{norm}");
+        eabs_eval::write_text(&dir.join(format!("{stem}.svg")), &chart.to_svg()?)?;
+        eabs_eval::provenance::write_atomic(&dir.join(format!("{stem}.png")), &chart.to_png()?)?;
+        stems.push(stem);
+    }
+    drop(ledger);
+    Ok(stems)
+}
+
+type Curves = Vec<(String, f64, Vec<f64>, Vec<(String, Vec<f64>)>)>;
+
+/// A table folder's report, ledger and, per norm: the table's epsilon, the grid and each
+/// model's curve.
+fn ledger_curves(
+    dir: &Path,
+) -> Result<(eabs_eval::TableReport, eabs_eval::ledger::Ledger, Curves)> {
+    let report: eabs_eval::TableReport = eabs_eval::verify::read(&dir.join("results.json"))?;
+    let ledger: eabs_eval::ledger::Ledger = eabs_eval::verify::read(&dir.join("ledger.json"))?;
+    let mut curves = Vec::new();
+    for norm in ["linf", "l2"] {
+        let Some(eps) = report
+            .rows
+            .iter()
+            .find(|r| r.norm == norm)
+            .map(|r| r.epsilon)
+        else {
+            continue;
+        };
+        let grid: Vec<f64> = (0..LEDGER_POINTS)
+            .map(|i| eps * i as f64 / (LEDGER_POINTS - 1) as f64)
+            .collect();
+        let series = report
+            .models
+            .iter()
+            .map(|m| {
+                let worst = ledger
+                    .get(m)
+                    .and_then(|p| p.get(norm))
+                    .with_context(|| format!("ledger.json has no {norm} entries for {m}"))?;
+                Ok((m.clone(), eabs_eval::ledger::accuracy_curve(worst, &grid)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        curves.push((norm.to_string(), eps, grid, series));
+    }
+    Ok((report, ledger, curves))
+}
+
+/// `verify-results` for a table's ledger charts, where drawn: one curve per model of the
+/// right length, and each curve's end equal to the worst-case robust count of `results.json`.
+pub fn verify_ledger_charts(dir: &Path) -> Result<usize> {
+    if !dir.join("ledger.json").is_file() {
+        return Ok(0);
+    }
+    let (report, _, curves) = ledger_curves(dir)?;
+    let mut n = 0;
+    for (norm, _, _, series) in curves {
+        let stem = format!("ledger-{norm}");
+        if !dir.join(format!("{stem}.svg")).is_file() {
+            continue;
+        }
+        verify_chart(dir, &stem, &report.models, LEDGER_POINTS)?;
+        for (m, acc) in &series {
+            let wc = report
+                .worst_case
+                .iter()
+                .find(|w| &w.model == m && w.norm == norm)
+                .with_context(|| format!("results.json has no worst case of {m} in {norm}"))?;
+            let end = acc.last().copied().unwrap_or(0.0);
+            let expect = 100.0 * wc.robust as f64 / wc.total.max(1) as f64;
+            ensure!(
+                (end - expect).abs() < 1e-9,
+                "{stem}: {m}'s curve ends at {end}%, the worst case is {expect}%"
+            );
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// `verify-results` for a figure folder: the data (`eabs-eval`'s checks) and the images drawn

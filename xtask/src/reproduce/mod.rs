@@ -170,7 +170,9 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
          SuperTraffic-10, table4 SVHN); it applies to table5, fig3, fig4, fig5 and gradient-free",
     )?;
     for kind in tables {
-        show(&table::run(kind, &spec)?, "table.md")?;
+        let dir = table::run(kind, &spec)?;
+        figures::ledger_charts(&dir)?;
+        show(&dir, "table.md")?;
     }
     Ok(())
 }
@@ -180,7 +182,9 @@ pub fn verify(dir: &Path) -> Result<()> {
     let summary = if dir.join("figure.md").is_file() {
         figures::verify(dir)?
     } else {
-        eabs_eval::verify::run(dir)?
+        let summary = eabs_eval::verify::run(dir)?;
+        let charts = figures::verify_ledger_charts(dir)?;
+        format!("{summary}; {charts} ledger charts checked")
     };
     println!("{summary}");
     Ok(())

@@ -76,6 +76,7 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
         }
         let runs = exp.table_protocol_checked(&column, &sizes, &mut outcomes)?;
         extras.insert(column.name.clone(), runs);
+        exp.certified_bounds(&column, &sizes)?;
     }
     add_all_row(&mut outcomes, Norm::Linf, &names)?;
     add_all_row(&mut outcomes, Norm::L2, &names)?;
