@@ -71,6 +71,14 @@ impl<M: Classifier> Classifier for Eot<M> {
     fn is_stochastic(&self) -> bool {
         self.model.is_stochastic()
     }
+    /// Mean logits over `n` passes, each pass sharing its noise across the blocks.
+    fn logits_common_noise(&self, xs: &Tensor, blocks: usize) -> candle_core::Result<Tensor> {
+        let mut acc = self.model.logits_common_noise(xs, blocks)?;
+        for _ in 1..self.n {
+            acc = (acc + self.model.logits_common_noise(xs, blocks)?)?;
+        }
+        acc / self.n as f64
+    }
 }
 
 impl<M: Differentiable> Differentiable for Eot<M> {

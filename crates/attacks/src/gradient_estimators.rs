@@ -12,7 +12,11 @@
 //!   normalised gradient that PGD uses this makes no difference).
 //! - Directions come from a per-sample stream seeded by `(seed, hash of the current input)`, so
 //!   a sample gets the same estimate whatever batch it is in, and a new one at every new point.
-//! - Each antithetic pair costs one model call on a `2 * batch` batch.
+//! - Each antithetic pair costs one model call on a `2 * batch` batch, in which the `+u` and
+//!   `-u` probes of a sample share the model's randomness
+//!   ([`Classifier::logits_common_noise`], common random numbers): for a randomised model
+//!   (E-ABS) their difference is then the loss's change along `u`, not two independent noise
+//!   draws, whose difference would swamp it at `sigma = 0.01`.
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -33,6 +37,10 @@ pub struct EstimatorConfig {
     pub clip: bool,
     /// Seed of the per-sample streams.
     pub seed: u64,
+    /// Whether each `+u` / `-u` pair shares the model's randomness (common random numbers,
+    /// [`Classifier::logits_common_noise`]; no effect on a deterministic model).
+    #[serde(default)]
+    pub common_noise: bool,
 }
 
 impl EstimatorConfig {
@@ -45,6 +53,7 @@ impl EstimatorConfig {
             sigma: 0.01,
             clip: true,
             seed: 0,
+            common_noise: true,
         }
     }
 
@@ -115,7 +124,12 @@ impl<M: Classifier> EstimatedGradient<M> {
             both_shape[0] = 2 * batch;
             // One model call for both probes; the loss is per sample of the original batch, so
             // it is applied to each half separately.
-            let logits = self.model.logits(&both.reshape(both_shape)?)?;
+            let both = both.reshape(both_shape)?;
+            let logits = if self.config.common_noise {
+                self.model.logits_common_noise(&both, 2)?
+            } else {
+                self.model.logits(&both)?
+            };
             let lp = loss(&logits.narrow(0, 0, batch)?)?.flatten_all()?;
             let ln = loss(&logits.narrow(0, batch, batch)?)?.flatten_all()?;
             let diff = (lp - ln)?.reshape((batch, 1))?;
@@ -141,6 +155,9 @@ impl<M: Classifier> Classifier for EstimatedGradient<M> {
     }
     fn is_stochastic(&self) -> bool {
         self.model.is_stochastic()
+    }
+    fn logits_common_noise(&self, xs: &Tensor, blocks: usize) -> candle_core::Result<Tensor> {
+        self.model.logits_common_noise(xs, blocks)
     }
 }
 

@@ -292,6 +292,7 @@ fn estimated_gradient_approximates_the_true_gradient() -> Result<()> {
             sigma: 1e-2,
             clip: false,
             seed: 1,
+            common_noise: true,
         },
     )?;
     let (v_est, g_est) = est.value_and_grad(&xs, &*loss)?;
@@ -304,6 +305,109 @@ fn estimated_gradient_approximates_the_true_gradient() -> Result<()> {
         let cos = dot[i] / (n1[i] * n2[i]);
         assert!(cos > 0.95, "sample {i}: cosine {cos}");
     }
+    Ok(())
+}
+
+/// The linear model with Gaussian noise (std 1) added to its logits at every call; rows of the
+/// blocks of a `logits_common_noise` call share theirs.
+struct NoisyLinear {
+    inner: Linear,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl NoisyLinear {
+    fn noise(&self, rows: usize, period: usize, k: usize) -> Result<candle_core::Tensor> {
+        use rand::SeedableRng;
+        use rand_distr::Distribution;
+        let call = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut v = Vec::with_capacity(rows * k);
+        for r in 0..rows {
+            let mut rng =
+                rand_chacha::ChaCha8Rng::seed_from_u64(call * 1_000_003 + (r % period) as u64);
+            v.extend((0..k).map(|_| -> f32 { rand_distr::StandardNormal.sample(&mut rng) }));
+        }
+        Ok(candle_core::Tensor::from_vec(
+            v,
+            (rows, k),
+            &candle_core::Device::Cpu,
+        )?)
+    }
+}
+
+impl eabs_core::Classifier for NoisyLinear {
+    fn bounds(&self) -> eabs_core::Bounds {
+        self.inner.bounds()
+    }
+    fn n_classes(&self) -> usize {
+        self.inner.n_classes()
+    }
+    fn device(&self) -> &candle_core::Device {
+        self.inner.device()
+    }
+    fn logits(&self, xs: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        let b = xs.dim(0)?;
+        let n = self
+            .noise(b, b, self.n_classes())
+            .map_err(candle_core::Error::wrap)?;
+        self.inner.logits(xs)? + n
+    }
+    fn logits_common_noise(
+        &self,
+        xs: &candle_core::Tensor,
+        blocks: usize,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let b = xs.dim(0)?;
+        let n = self
+            .noise(b, b / blocks, self.n_classes())
+            .map_err(candle_core::Error::wrap)?;
+        self.inner.logits(xs)? + n
+    }
+    fn is_stochastic(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn common_random_numbers_keep_the_estimate_of_a_noisy_model() -> Result<()> {
+    use eabs_core::Differentiable;
+    let (model, xs, _, crit) = model_and_data(3, 13);
+    // The margin of the logits: additive logit noise cancels in a difference of two probes
+    // only when both probes drew the same noise.
+    let loss =
+        Loss::Margin.function(&crit, 3, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let (_, g_true) = model.value_and_grad(&xs, &*loss)?;
+    let noisy = NoisyLinear {
+        inner: model,
+        calls: std::sync::atomic::AtomicU64::new(0),
+    };
+    let cosines = |common_noise: bool| -> Result<Vec<f32>> {
+        let est = EstimatedGradient::new(
+            &noisy,
+            EstimatorConfig {
+                samples: 200,
+                sigma: 1e-2,
+                clip: false,
+                seed: 1,
+                common_noise,
+            },
+        )?;
+        let (_, g) = est.value_and_grad(&xs, &*loss)?;
+        let dot = (&g_true * &g)?.sum(1)?.to_vec1::<f32>()?;
+        let n1 = g_true.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
+        let n2 = g.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
+        Ok((0..dot.len()).map(|i| dot[i] / (n1[i] * n2[i])).collect())
+    };
+    let with = cosines(true)?;
+    let without = cosines(false)?;
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    // 100 pairs in 12 dimensions, as accurate as on the noise-free model.
+    assert!(mean(&with) > 0.8, "common noise: {with:?}");
+    assert!(
+        mean(&without) < 0.5,
+        "independent noise should swamp the differences: {without:?}"
+    );
     Ok(())
 }
 

@@ -93,6 +93,16 @@ pub trait Classifier {
     fn predict(&self, xs: &Tensor) -> Result<Tensor> {
         self.logits(xs)?.argmax(candle_core::D::Minus1)
     }
+
+    /// Logits of `xs`, whose batch is `blocks` blocks of equal size, row `i` of every block
+    /// drawing the same randomness (common random numbers). A finite difference between two
+    /// blocks, such as the `+u` / `-u` probes of a gradient estimator, then measures the
+    /// inputs' difference and not the noise's. A deterministic model draws nothing: the
+    /// default is [`Classifier::logits`]; a randomised one overrides it.
+    fn logits_common_noise(&self, xs: &Tensor, blocks: usize) -> Result<Tensor> {
+        let _ = blocks;
+        self.logits(xs)
+    }
 }
 
 impl<T: Classifier + ?Sized> Classifier for &T {
@@ -110,6 +120,9 @@ impl<T: Classifier + ?Sized> Classifier for &T {
     }
     fn is_stochastic(&self) -> bool {
         (**self).is_stochastic()
+    }
+    fn logits_common_noise(&self, xs: &Tensor, blocks: usize) -> Result<Tensor> {
+        (**self).logits_common_noise(xs, blocks)
     }
 }
 

@@ -102,6 +102,15 @@ impl<M: LatentClassModel> Classifier for AbsClassifier<M> {
     fn is_stochastic(&self) -> bool {
         self.inference.config().mode == LatentInference::Variational
     }
+
+    /// One draw of the call counter for the whole batch, row `i` of every block on the same
+    /// noise stream.
+    fn logits_common_noise(&self, xs: &Tensor, blocks: usize) -> candle_core::Result<Tensor> {
+        Ok(self
+            .inference
+            .infer_common_noise(&xs.detach(), self.next_seed(), blocks)?
+            .logits)
+    }
 }
 
 impl<M: LatentClassModel> Differentiable for AbsClassifier<M> {

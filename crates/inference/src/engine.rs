@@ -399,7 +399,39 @@ impl<M: LatentClassModel> AbsInference<M> {
         }
     }
 
+    /// [`AbsInference::infer`] on a batch of `blocks` equal blocks whose row `i` of every block
+    /// draws the same noise (stream `i mod (batch / blocks)`): common random numbers for the
+    /// probes of a gradient estimator.
+    pub fn infer_common_noise(
+        &self,
+        xs: &Tensor,
+        seed: u64,
+        blocks: usize,
+    ) -> Result<InferenceOutput> {
+        let b = xs.dims().first().copied().unwrap_or(0);
+        if blocks == 0 || b % blocks != 0 {
+            return Err(InferenceError::InvalidArgument {
+                argument: "blocks",
+                expected: format!("a divisor of the batch size {b}"),
+                found: blocks.to_string(),
+            });
+        }
+        self.run_streams(xs, self.default_pass(), seed, (b / blocks).max(1))
+    }
+
     pub(crate) fn run(&self, xs: &Tensor, pass: Pass, seed: u64) -> Result<InferenceOutput> {
+        let b = xs.dims().first().copied().unwrap_or(0);
+        self.run_streams(xs, pass, seed, b.max(1))
+    }
+
+    /// Inference with image `i`'s noise from stream `i mod period`.
+    fn run_streams(
+        &self,
+        xs: &Tensor,
+        pass: Pass,
+        seed: u64,
+        period: usize,
+    ) -> Result<InferenceOutput> {
         // Nothing in inference is differentiated with respect to the input (eq. (8) is built
         // afterwards by `AbsClassifier`); detaching also drops any graph the caller's tensor has.
         let xs = &xs.detach();
@@ -418,7 +450,7 @@ impl<M: LatentClassModel> AbsInference<M> {
         let mut rngs: Vec<ChaCha8Rng> = (0..b)
             .map(|i| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(i as u64);
+                rng.set_stream((i % period) as u64);
                 rng
             })
             .collect();

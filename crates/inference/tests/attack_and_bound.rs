@@ -133,6 +133,15 @@ fn classifier_reports_logits_and_stochasticity() {
         rows(&var.logits(&xs).unwrap()),
         "each call draws new noise"
     );
+    // Common random numbers: the same images twice in one call, as two blocks, get the same
+    // noise row for row, so their logits agree; as one plain call they do not.
+    let twice = Tensor::cat(&[&xs, &xs], 0).unwrap();
+    let n = xs.dim(0).unwrap();
+    let common = rows(&var.logits_common_noise(&twice, 2).unwrap());
+    assert_eq!(common[..n], common[n..], "blocks share their noise");
+    let plain = rows(&var.logits(&twice).unwrap());
+    assert_ne!(plain[..n], plain[n..], "a plain call draws per row");
+    assert!(var.logits_common_noise(&twice, 2 * n + 1).is_err());
 }
 
 #[test]
