@@ -27,8 +27,8 @@ for attack, norm in rows:
 print()
 print("| budget | abort | robust | broken by both: larger than batch's / smaller / equal | broken only by batch / only by this rule |")
 print("|---|---|---:|---|---|")
-for preset in ["quick", "paper"]:
-    base = load(f"{preset}-cw-l2")
+for preset in ["quick", "paper", "abs"]:
+    base = load(f"{preset}-cw-l2") or load(f"{preset}-cw-l2-abort-batch")
     print(f"| {preset} | batch (Foolbox) | {base['accuracy']['correct']} | - | - |")
     for rule in ["per-sample", "never"]:
         o = load(f"{preset}-cw-l2-abort-{rule}")
