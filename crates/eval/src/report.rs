@@ -409,12 +409,43 @@ pub fn to_markdown(r: &TableReport, title: &str) -> String {
         "- command: `{}`\n- commit: `{}`\n- hardware: {} ({} cores, {} GiB), {}\n- wall time per stage:\n",
         p.command, p.commit, p.hardware.cpu, p.hardware.cores, p.hardware.memory_gib, p.hardware.os
     ));
+    // One line per stage, in the order stages first ran: a resumed run logs every stage again
+    // (in well under a second, from its journal), so the line sums the invocations and names
+    // the commits of those that did work (more than 0.05 s).
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_name: std::collections::HashMap<&str, (f64, Vec<&str>, usize)> =
+        std::collections::HashMap::new();
     for st in &p.stages {
-        let commit = match &st.commit {
-            Some(c) if c != &p.commit => format!(" (commit `{c}`)"),
-            _ => String::new(),
+        let e = by_name.entry(st.name.as_str()).or_insert_with(|| {
+            order.push(st.name.as_str());
+            (0.0, Vec::new(), 0)
+        });
+        e.0 += st.seconds;
+        if st.seconds > 0.05 {
+            e.2 += 1;
+            if let Some(c) = st.commit.as_deref() {
+                if c != p.commit && !e.1.contains(&c) {
+                    e.1.push(c);
+                }
+            }
+        }
+    }
+    for name in order {
+        let (seconds, commits, worked) = &by_name[name];
+        let mut notes = Vec::new();
+        if *worked > 1 {
+            notes.push(format!("{worked} invocations"));
+        }
+        if !commits.is_empty() {
+            let c: Vec<String> = commits.iter().map(|c| format!("`{c}`")).collect();
+            notes.push(format!("commit {}", c.join(", ")));
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
         };
-        s.push_str(&format!("  - {}: {:.1} s{commit}\n", st.name, st.seconds));
+        s.push_str(&format!("  - {name}: {seconds:.1} s{notes}\n"));
     }
     s.push_str(&format!(
         "- total: {:.1} s ({:.2} h)\n",
