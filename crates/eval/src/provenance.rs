@@ -52,7 +52,8 @@ impl Hardware {
     }
 }
 
-/// The git revision of the working tree, with `-dirty` when it has uncommitted changes.
+/// The git revision of the working tree, with `-dirty` when it has uncommitted changes outside
+/// `results/` and `weights/`.
 pub fn git_revision(repo: &Path) -> String {
     let run = |args: &[&str]| {
         Command::new("git")
@@ -65,7 +66,19 @@ pub fn git_revision(repo: &Path) -> String {
     };
     match run(&["rev-parse", "HEAD"]) {
         Some(rev) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+            // Dirty means code or data that the run reads differ from the commit: what runs
+            // write (`results/`) and the released weights (each journal is bound to its
+            // checkpoint's sha256 instead) do not count, so a run resumed while its own outputs
+            // or a training's weights were being written still names a clean commit.
+            let dirty = run(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)results",
+                ":(exclude)weights",
+            ])
                 .map(|s| !s.is_empty())
                 .unwrap_or(false);
             if dirty {
