@@ -79,8 +79,8 @@ pub fn git_revision(repo: &Path) -> String {
                 ":(exclude)results",
                 ":(exclude)weights",
             ])
-                .map(|s| !s.is_empty())
-                .unwrap_or(false);
+            .map(|s| !s.is_empty())
+            .unwrap_or(false);
             if dirty {
                 format!("{rev}-dirty")
             } else {

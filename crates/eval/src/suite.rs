@@ -738,3 +738,50 @@ pub fn clean_row(
         .map(|c| (c, 0.0))
         .collect()])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worst_case_keeps_any_break_at_its_smallest_distance() {
+        let ce = vec![(true, 0.1), (false, 0.09), (false, 0.1), (true, 0.1)];
+        let margin = vec![(false, 0.07), (false, 0.1), (true, 0.1), (true, 0.08)];
+        assert_eq!(
+            worst_case(&[ce.clone(), margin]),
+            vec![(false, 0.07), (false, 0.09), (false, 0.1), (true, 0.1)]
+        );
+        assert_eq!(worst_case(std::slice::from_ref(&ce)), ce);
+        assert!(worst_case(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_row_needs_the_clean_verdict() {
+        assert_eq!(
+            and_clean(&[true, false, true], &[true, true, false]),
+            vec![true, false, false]
+        );
+    }
+
+    #[test]
+    fn rows_beyond_the_paper_and_their_all_plus_rows_have_keys() -> Result<()> {
+        for row in BEYOND_ROWS {
+            assert!(row.attack.beyond_paper() && row.attack.gradient_based());
+            assert_eq!(
+                RowKey::parse_key(&RowKey::Attack(row).key()),
+                Some(RowKey::Attack(row))
+            );
+        }
+        assert!(ATTACK_ROWS.iter().all(|r| !r.attack.beyond_paper()));
+        assert_eq!(RowKey::AllPlus(Norm::L2).key(), "l2-all+");
+        assert_eq!(RowKey::parse("l2", "all+")?, RowKey::AllPlus(Norm::L2));
+        assert!(!AttackKind::Noise.gradient_based());
+        // One loss keeps the single-configuration form older journals were bound to.
+        let mut sizes = EvalSizes::of(crate::Preset::Smoke);
+        let row = AttackRow::new(Norm::Linf, AttackKind::Pgd);
+        assert!(row_config(row, &sizes, DatasetKind::FashionMnist, 0)?.is_array());
+        sizes.pgd_losses = vec![Loss::CrossEntropy];
+        assert!(row_config(row, &sizes, DatasetKind::FashionMnist, 0)?.is_object());
+        Ok(())
+    }
+}
