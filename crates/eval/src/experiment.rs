@@ -534,46 +534,57 @@ impl<'r> Experiment<'r> {
         let clf = column.classifier();
         for (row, row_index, table_row) in pgd_rows {
             let row = *row;
-            let seed = crate::seeds::attack(self.run.seed, *row_index);
-            let mut settings = self.row_settings(column, row, seed, &doubled_sizes)?;
-            settings["check"] = "twice the steps and random starts".into();
+            let eps = ds.epsilon(row.norm);
+            let large = 4.0 * eps;
+            // (journal, label, sizes, seed, epsilon, what the check is)
+            let runs = [
+                (
+                    format!("check-double-{}", row.key()),
+                    format!("{} check: {row} doubled", column.name),
+                    &doubled_sizes,
+                    crate::seeds::attack(self.run.seed, *row_index),
+                    eps,
+                    "twice the steps and random starts",
+                ),
+                (
+                    format!("check-large-{}", row.key()),
+                    format!("{} check: {row} at eps {large}", column.name),
+                    sizes,
+                    crate::seeds::check_attack(self.run.seed, 1, *row_index),
+                    large,
+                    "four times the epsilon",
+                ),
+            ];
+            let mut verdicts = Vec::new();
+            for (journal, label, run_sizes, seed, eps, check) in runs {
+                let mut settings = self.row_settings(column, row, seed, run_sizes)?;
+                settings["epsilon"] = eps.into();
+                settings["check"] = check.into();
+                let records = self.journaled_first(
+                    k,
+                    &column.name,
+                    &journal,
+                    &label,
+                    &settings,
+                    1,
+                    sizes.batch_size,
+                    &mut |xs, ys| {
+                        crate::suite::run_row_at(row, run_sizes, ds, clf, xs, ys, seed, eps)
+                    },
+                )?;
+                let v: Vec<bool> = records.iter().map(|r| r.robust[0]).collect();
+                verdicts.push(and_clean(&clean[..k], &v));
+            }
             let norm = crate::suite::norm_str(row.norm);
-            let doubled = self.journaled_first(
-                k,
-                &column.name,
-                &format!("check-double-{}", row.key()),
-                &format!("{} check: {row} doubled", column.name),
-                &settings,
-                1,
-                sizes.batch_size,
-                &mut |xs, ys| run_row(row, &doubled_sizes, ds, clf, xs, ys, seed),
-            )?;
-            let large = 4.0 * ds.epsilon(row.norm);
-            let seed = crate::seeds::check_attack(self.run.seed, 1, *row_index);
-            let mut settings = self.row_settings(column, row, seed, sizes)?;
-            settings["epsilon"] = large.into();
-            settings["check"] = "four times the epsilon".into();
-            let at_large = self.journaled_first(
-                k,
-                &column.name,
-                &format!("check-large-{}", row.key()),
-                &format!("{} check: {row} at eps {large}", column.name),
-                &settings,
-                1,
-                sizes.batch_size,
-                &mut |xs, ys| crate::suite::run_row_at(row, sizes, ds, clf, xs, ys, seed, large),
-            )?;
-            let verdict = |r: &[SampleRecord]| -> Vec<bool> {
-                let v: Vec<bool> = r.iter().map(|r| r.robust[0]).collect();
-                and_clean(&clean[..k], &v)
-            };
+            let at_large = verdicts.pop().unwrap_or_default();
+            let doubled = verdicts.pop().unwrap_or_default();
             out.insert(
                 norm.to_string(),
                 crate::ledger::ExtraRuns {
                     pgd: table_row[..k.min(table_row.len())].to_vec(),
-                    doubled: verdict(&doubled),
+                    doubled,
                     large_epsilon: large,
-                    at_large: verdict(&at_large),
+                    at_large,
                 },
             );
         }
