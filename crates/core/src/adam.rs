@@ -211,6 +211,82 @@ impl TensorAdam {
     }
 }
 
+/// [`TensorAdam`] on a plain f32 slice, for hand-written loops (the fast ABS-style inference of
+/// `eabs-inference`): the same arithmetic in the same order, every scalar rounded to f32 as
+/// Candle's `affine` and scalar ops round them, so both forms give the same iterates up to the
+/// rounding of the gradients they are fed.
+#[derive(Debug, Clone)]
+pub struct SliceAdam {
+    config: AdamConfig,
+    lr: f64,
+    step: u64,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl SliceAdam {
+    /// Zero moments for `len` parameters at learning rate `lr`.
+    pub fn new(config: AdamConfig, lr: f64, len: usize) -> Self {
+        Self {
+            config,
+            lr,
+            step: 0,
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+        }
+    }
+
+    /// One update of `param` in place against `grad`.
+    ///
+    /// # Errors
+    /// `param` or `grad` not of the length given to `new`.
+    pub fn step(&mut self, param: &mut [f32], grad: &[f32]) -> Result<()> {
+        if param.len() != self.m.len() || grad.len() != self.m.len() {
+            candle_core::bail!(
+                "SliceAdam::step: param of {} and grad of {} values, expected {}",
+                param.len(),
+                grad.len(),
+                self.m.len()
+            );
+        }
+        self.step += 1;
+        let c = &self.config;
+        let (w1, w2) = c.moment_weights();
+        let t = i32::try_from(self.step).unwrap_or(i32::MAX);
+        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+        let (w1, w2) = (w1 as f32, w2 as f32);
+        let inv_bc2 = (1.0 / (1.0 - c.beta2.powi(t))) as f32;
+        let eps = c.eps as f32;
+        let (pre, post) = match c.lr_placement {
+            LrPlacement::InBiasCorrection => ((self.lr / (1.0 - c.beta1.powi(t))) as f32, None),
+            LrPlacement::AfterDivision => {
+                ((1.0 / (1.0 - c.beta1.powi(t))) as f32, Some(self.lr as f32))
+            }
+        };
+        for (((p, &g), m), v) in param
+            .iter_mut()
+            .zip(grad)
+            .zip(self.m.iter_mut())
+            .zip(self.v.iter_mut())
+        {
+            *m = *m * b1 + g * w1;
+            *v = *v * b2 + (g * g) * w2;
+            let denom = (*v * inv_bc2).sqrt() + eps;
+            let u = (*m * pre) / denom;
+            *p -= match post {
+                Some(lr) => u * lr,
+                None => u,
+            };
+        }
+        Ok(())
+    }
+
+    /// Number of updates applied so far.
+    pub fn n_steps(&self) -> u64 {
+        self.step
+    }
+}
+
 /// Adam over a group of named [`Var`]s with inspectable state, so that checkpoints hold the
 /// moments and the step count and a resumed run continues exactly where it stopped (Candle's
 /// `AdamW` keeps its state private).
@@ -315,6 +391,35 @@ mod tests {
     //         m_hat = -0.5 / (1 - 0.25) = -2/3, v_hat = 1.75 / (1 - 0.5625) = 4;
     //         p = 0.75 - 0.5 * (-2/3) / (sqrt(4) + 2) = 0.75 + 1/12 = 5/6.
     const TWO_STEPS: [f64; 2] = [0.75, 5.0 / 6.0];
+
+    #[test]
+    fn slice_adam_gives_the_tensor_adams_iterates() -> Result<()> {
+        for placement in [LrPlacement::InBiasCorrection, LrPlacement::AfterDivision] {
+            let cfg = AdamConfig::new(0.9, 0.999, 1e-8, placement);
+            let init = [0.3f32, -1.2, 2.5, 0.0];
+            let mut p = Tensor::new(&init, &Device::Cpu)?;
+            let mut tensor_adam = TensorAdam::new(cfg, 0.05, &p)?;
+            let mut s = init.to_vec();
+            let mut slice_adam = SliceAdam::new(cfg, 0.05, 4);
+            for step in 0..30 {
+                let g: Vec<f32> = s.iter().map(|x| 2.0 * x - 0.1 * step as f32).collect();
+                p = tensor_adam.step(&p, &Tensor::new(g.as_slice(), &Device::Cpu)?)?;
+                slice_adam.step(&mut s, &g)?;
+                let want = p.to_vec1::<f32>()?;
+                for (a, b) in s.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                        "{placement:?} step {step}: {a} vs {b}"
+                    );
+                }
+                // Keep both on the same iterate so that rounding does not accumulate.
+                s.copy_from_slice(&want);
+            }
+            assert_eq!(slice_adam.n_steps(), 30);
+            assert!(slice_adam.step(&mut s, &[0.0]).is_err());
+        }
+        Ok(())
+    }
 
     #[test]
     fn two_steps_match_the_hand_computation() -> Result<()> {

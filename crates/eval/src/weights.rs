@@ -44,6 +44,12 @@ pub struct Release {
     pub train_seconds: f64,
     /// sha256 (hex) of each file of the directory, by file name.
     pub sha256: BTreeMap<String, String>,
+    /// The label the training ran under when it differs from the preset's: a custom run
+    /// (`train --out` with flags) whose configuration equals the preset's in every field but
+    /// the label, released as the preset's (checked by [`release`]; `train_config` then holds
+    /// the preset's label, and the checkpoints' own metadata keeps the original).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_as: Option<String>,
     /// Commit the release was made at.
     pub commit: String,
     /// When (Unix seconds).
@@ -208,6 +214,23 @@ pub fn release(
                         src.join("last.safetensors").display()
                     )
                 })?;
+        // A custom run of exactly the preset's configuration is the preset's run: released
+        // under the preset's label, with the label it ran under recorded. Anything else keeps
+        // its own configuration (and `reproduce` will not use it for this preset).
+        let expected = crate::preset::train_config(preset, family, kind, seed);
+        let mut config = state.config.clone();
+        let mut trained_as = None;
+        if config.preset != expected.preset
+            && (TrainConfig {
+                preset: expected.preset.clone(),
+                ..config.clone()
+            }) == expected
+        {
+            trained_as = Some(std::mem::replace(
+                &mut config.preset,
+                expected.preset.clone(),
+            ));
+        }
         let drop_last = optimizer == OptimizerState::DropWhenFinished
             && state.epochs_done >= state.config.epochs;
         let files: Vec<&str> = RELEASE_FILES
@@ -222,6 +245,9 @@ pub fn release(
                 crate::provenance::write_atomic(&to, &bytes)?;
             }
         }
+        if trained_as.is_some() {
+            crate::write_json(&dst.join("train_config.json"), &config)?;
+        }
         let metrics = eabs_models::train::read_metrics_file(&dst.join("metrics.jsonl"))?;
         let mut sha256 = BTreeMap::new();
         for name in &files {
@@ -232,13 +258,14 @@ pub fn release(
             family,
             preset,
             seed,
-            train_config: state.config.clone(),
+            train_config: config,
             epochs_done: state.epochs_done,
             best_epoch: state.best_epoch,
             best_val_accuracy: state.best_val_accuracy,
             selected_by: state.selected_by.clone(),
             train_seconds: metrics.iter().map(|m| m.seconds).sum(),
             sha256,
+            trained_as,
             commit: commit.clone(),
             released_at: unix_time(),
         };
@@ -372,6 +399,68 @@ mod tests {
         let root = checkpoint_root(&ckpts, family, Preset::Smoke, 0);
         assert_eq!(
             released_best(&root, kind, &cfg)?,
+            Some(dir.join("best.safetensors"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_custom_run_of_the_presets_exact_configuration_is_released_as_the_presets() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let (family, kind) = (DatasetKind::FashionMnist, ModelKind::Cnn);
+        let preset_cfg = crate::preset::train_config(Preset::Smoke, family, kind, 0);
+        // The same sizes under a custom label (what `train --out` with flags records)...
+        let custom = TrainConfig {
+            preset: "smoke+custom".into(),
+            epochs: 1,
+            ..preset_cfg.clone()
+        };
+        let tiny = TrainConfig {
+            epochs: 1,
+            ..preset_cfg.clone()
+        };
+        // ... is released under the preset's label only when nothing else differs: here the
+        // epochs differ, so it keeps its label and is not the preset's.
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        train_tiny(&a, &custom)?;
+        let done = release(
+            &a,
+            &a,
+            family,
+            Preset::Smoke,
+            0,
+            &[kind],
+            OptimizerState::Keep,
+        )?;
+        assert_eq!(done[0].1.train_config, custom);
+        assert_eq!(done[0].1.trained_as, None);
+        let root = checkpoint_root(&a, family, Preset::Smoke, 0);
+        assert_eq!(released_best(&root, kind, &tiny)?, None);
+        // With the preset's exact configuration (two epochs of batch 512 on 16 images).
+        let exact = TrainConfig {
+            preset: "smoke+custom".into(),
+            ..preset_cfg.clone()
+        };
+        train_tiny(&b, &exact)?;
+        let done = release(
+            &b,
+            &b,
+            family,
+            Preset::Smoke,
+            0,
+            &[kind],
+            OptimizerState::Keep,
+        )?;
+        let (dir, r) = &done[0];
+        assert_eq!(r.train_config, preset_cfg);
+        assert_eq!(r.trained_as.as_deref(), Some("smoke+custom"));
+        r.verify(dir)?;
+        let written: TrainConfig =
+            serde_json::from_slice(&std::fs::read(dir.join("train_config.json"))?)?;
+        assert_eq!(written, preset_cfg);
+        let root = checkpoint_root(&b, family, Preset::Smoke, 0);
+        assert_eq!(
+            released_best(&root, kind, &preset_cfg)?,
             Some(dir.join("best.safetensors"))
         );
         Ok(())

@@ -36,6 +36,7 @@
 //! - Noise for image `i` of a batch comes from stream `i` of `ChaCha8Rng::seed_from_u64(seed)`,
 //!   so an image's result does not depend on the other images in its batch.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor, Var};
@@ -46,8 +47,9 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::candidates::{decode_checked, prior_checked, CandidateCache};
 use crate::config::{FinalEvaluation, InferenceConfig, LatentInference};
 use crate::error::{InferenceError, Result};
+use crate::fast::FastModel;
 use crate::model::LatentClassModel;
-use eabs_core::adam::{AdamConfig, LrPlacement, TensorAdam};
+use eabs_core::adam::{AdamConfig, LrPlacement, SliceAdam, TensorAdam};
 
 /// Inference engine: a model, its settings and its decoded candidate pool.
 #[derive(Debug, Clone)]
@@ -55,6 +57,23 @@ pub struct AbsInference<M> {
     model: M,
     config: InferenceConfig,
     cache: CandidateCache,
+    /// The model in the fast CPU engine's form, where it provides one and lives on the CPU.
+    fast: Option<Arc<FastModel>>,
+    /// Whether stage 2 may take the fast engine ([`AbsInference::set_fast_engine`]).
+    fast_enabled: bool,
+}
+
+/// The gradient of `var` in `grads`, detached, or zeros shaped like `like` when the objective
+/// does not depend on it.
+fn grad_or_zeros(
+    grads: &candle_core::backprop::GradStore,
+    var: &Var,
+    like: &Tensor,
+) -> Result<Tensor> {
+    Ok(match grads.get(var.as_tensor()) {
+        Some(g) => g.detach(),
+        None => like.zeros_like()?,
+    })
 }
 
 /// The starting point of the optimisation per image and class.
@@ -134,10 +153,13 @@ impl<M: LatentClassModel> AbsInference<M> {
     pub fn new(model: M, config: InferenceConfig) -> Result<Self> {
         config.validate()?;
         let cache = CandidateCache::build(&model, &config)?;
+        let fast = Self::fast_model_of(&model)?;
         Ok(Self {
             model,
             config,
             cache,
+            fast,
+            fast_enabled: true,
         })
     }
 
@@ -161,11 +183,49 @@ impl<M: LatentClassModel> AbsInference<M> {
                 ),
             });
         }
+        let fast = Self::fast_model_of(&model)?;
         Ok(Self {
             model,
             config,
             cache,
+            fast,
+            fast_enabled: true,
         })
+    }
+
+    /// The model's [`FastModel`] if it has one on the CPU, checked against the model.
+    fn fast_model_of(model: &M) -> Result<Option<Arc<FastModel>>> {
+        if !model.device().is_cpu() {
+            return Ok(None);
+        }
+        let Some(fast) = model.fast_model()? else {
+            return Ok(None);
+        };
+        let want = (model.n_classes(), model.latent_dim(), model.n_pixels());
+        let found = (fast.n_classes(), fast.latent_dim(), fast.n_pixels());
+        if want != found {
+            return Err(InferenceError::Model {
+                method: "fast_model",
+                expected: format!("(classes, latent dim, pixels) = {want:?} as the model says"),
+                found: format!("{found:?}"),
+            });
+        }
+        Ok(Some(Arc::new(fast)))
+    }
+
+    /// Lets stage 2 (the Adam updates) take the fast CPU engine ([`crate::fast`]) when the
+    /// model provides one (`true`, the default), or forces the generic Candle autodiff path
+    /// (`false`): the reference the fast engine is tested against. Process-wide,
+    /// [`eabs_kernels::set_stock_ops`] also forces the generic path.
+    pub fn set_fast_engine(&mut self, on: bool) {
+        self.fast_enabled = on;
+    }
+
+    /// The fast engine stage 2 takes now, if any.
+    pub fn fast_engine(&self) -> Option<&FastModel> {
+        self.fast
+            .as_deref()
+            .filter(|_| self.fast_enabled && !eabs_kernels::stock_ops())
     }
 
     /// The model.
@@ -381,11 +441,20 @@ impl<M: LatentClassModel> AbsInference<M> {
         device: &candle_core::Device,
     ) -> Result<Tensor> {
         let b = rngs.len();
-        let mut v = Vec::with_capacity(b * k * d);
+        Ok(Tensor::from_vec(
+            Self::noise_values(rngs, k, d),
+            (b, k, d),
+            device,
+        )?)
+    }
+
+    /// [`Self::noise`]'s values, row-major `(b, K, d)`.
+    fn noise_values(rngs: &mut [ChaCha8Rng], k: usize, d: usize) -> Vec<f32> {
+        let mut v = Vec::with_capacity(rngs.len() * k * d);
         for rng in rngs.iter_mut() {
             v.extend((0..k * d).map(|_| -> f32 { StandardNormal.sample(rng) }));
         }
-        Ok(Tensor::from_vec(v, (b, k, d), device)?)
+        v
     }
 
     fn project(&self, mu: Tensor) -> Result<Tensor> {
@@ -397,6 +466,153 @@ impl<M: LatentClassModel> AbsInference<M> {
                 Ok(mu.broadcast_mul(&scale)?)
             }
         }
+    }
+
+    /// Stage 2 on Candle's autodiff graph: the reference path, and the one every device and
+    /// model takes where [`Self::fast_engine`] gives none.
+    fn optimise_autodiff(
+        &self,
+        x: &Tensor,
+        start: &LatentStart,
+        pass: Pass,
+        rngs: &mut [ChaCha8Rng],
+    ) -> Result<(Tensor, Tensor)> {
+        let mut mu = start.means.clone();
+        let mut lv = start.log_variances.clone();
+        let c = &self.config;
+        let variational = pass.mode == LatentInference::Variational;
+        let (k, d) = (self.model.n_classes(), self.model.latent_dim());
+        let device = x.device().clone();
+        let n_pixels = x.dim(1)? as f64;
+        // One state per latent tensor: Adam is element-wise, so this equals one optimiser per
+        // image and class (the reference's `auto_batch` runs one per chunk of 500 images).
+        let adam = AdamConfig::new(
+            c.adam_beta1,
+            c.adam_beta2,
+            c.adam_eps,
+            LrPlacement::AfterDivision,
+        );
+        let mut adam_mu = TensorAdam::new(adam, c.learning_rate, &mu)?;
+        let mut adam_lv = TensorAdam::new(adam, c.learning_rate, &lv)?;
+        for _ in 0..c.n_adam_steps {
+            let mu_var = Var::from_tensor(&mu)?;
+            if variational {
+                let lv_var = Var::from_tensor(&lv)?;
+                let eps = Self::noise(rngs, k, d, &device)?;
+                let z = (mu_var.as_tensor() + (lv_var.as_tensor() * 0.5)?.exp()?.mul(&eps)?)?;
+                let (rec, prior, _) = self.objective(
+                    x,
+                    &z,
+                    mu_var.as_tensor(),
+                    Some(lv_var.as_tensor()),
+                    pass,
+                    false,
+                )?;
+                let total = ((rec + prior)?.sum_all()? / n_pixels)?;
+                let grads = total.backward()?;
+                let g_mu = grad_or_zeros(&grads, &mu_var, &mu)?;
+                let g_lv = grad_or_zeros(&grads, &lv_var, &lv)?;
+                mu = self.project(adam_mu.step(&mu, &g_mu)?)?.detach();
+                lv = adam_lv.step(&lv, &g_lv)?.detach();
+            } else {
+                let (rec, prior, _) =
+                    self.objective(x, mu_var.as_tensor(), mu_var.as_tensor(), None, pass, false)?;
+                let total = ((rec + prior)?.sum_all()? / n_pixels)?;
+                let grads = total.backward()?;
+                let g_mu = grad_or_zeros(&grads, &mu_var, &mu)?;
+                mu = self.project(adam_mu.step(&mu, &g_mu)?)?.detach();
+            }
+        }
+        Ok((mu, lv))
+    }
+
+    /// Stage 2 on the fast CPU engine ([`crate::fast`]): the same objective, noise, Adam
+    /// (`SliceAdam`, the tensor Adam's arithmetic) and projection as
+    /// [`Self::optimise_autodiff`], on plain buffers, with the gradient with respect to the
+    /// latents from the hand-written backward.
+    fn optimise_fast(
+        &self,
+        fast: &FastModel,
+        x: &Tensor,
+        start: &LatentStart,
+        pass: Pass,
+        rngs: &mut [ChaCha8Rng],
+    ) -> Result<(Tensor, Tensor)> {
+        let c = &self.config;
+        let variational = pass.mode == LatentInference::Variational;
+        let (b, p) = x.dims2()?;
+        let (k, d) = (self.model.n_classes(), self.model.latent_dim());
+        let device = x.device().clone();
+        let scale = 1.0 / p as f32;
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut mu = start.means.flatten_all()?.to_vec1::<f32>()?;
+        let mut lv = start.log_variances.flatten_all()?.to_vec1::<f32>()?;
+        let adam = AdamConfig::new(
+            c.adam_beta1,
+            c.adam_beta2,
+            c.adam_eps,
+            LrPlacement::AfterDivision,
+        );
+        let mut adam_mu = SliceAdam::new(adam, c.learning_rate, mu.len());
+        let mut adam_lv = SliceAdam::new(adam, c.learning_rate, lv.len());
+        // The Gaussian KL of eq. (2) where the model has no discriminator (see `objective`).
+        let kl = pass.use_prior && !fast.has_discriminators();
+        let beta = c.kl_beta as f32;
+        let mut z = vec![0f32; mu.len()];
+        let mut sigma = vec![0f32; mu.len()];
+        let mut g_mu = vec![0f32; mu.len()];
+        let mut g_lv = vec![0f32; lv.len()];
+        for _ in 0..c.n_adam_steps {
+            let eps = if variational {
+                let eps = Self::noise_values(rngs, k, d);
+                for i in 0..mu.len() {
+                    sigma[i] = (lv[i] * 0.5).exp();
+                    z[i] = mu[i] + sigma[i] * eps[i];
+                }
+                Some(eps)
+            } else {
+                z.copy_from_slice(&mu);
+                None
+            };
+            let objectives = fast.objectives(&xv, &z, pass.use_prior, scale)?;
+            for (class, o) in objectives.iter().enumerate() {
+                for i in 0..b {
+                    let at = (i * k + class) * d;
+                    g_mu[at..at + d].copy_from_slice(&o.grad[i * d..(i + 1) * d]);
+                }
+            }
+            if let Some(eps) = &eps {
+                // z = mu + exp(lv / 2) eps: dz/dlv = eps exp(lv / 2) / 2.
+                for i in 0..lv.len() {
+                    g_lv[i] = g_mu[i] * (eps[i] * sigma[i] * 0.5);
+                }
+            }
+            if kl {
+                // beta/2 sum(mu^2 [+ exp(lv) - lv - 1]) / P.
+                for i in 0..mu.len() {
+                    g_mu[i] += beta * mu[i] * scale;
+                    if variational {
+                        g_lv[i] += 0.5 * beta * (lv[i].exp() - 1.0) * scale;
+                    }
+                }
+            }
+            adam_mu.step(&mut mu, &g_mu)?;
+            if let Some(r) = c.latent_radius {
+                // As `project`: scale = min(1, r / ||mu||).
+                for row in mu.chunks_mut(d) {
+                    let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    let s = (norm.recip() * r as f32).min(1.0);
+                    row.iter_mut().for_each(|v| *v *= s);
+                }
+            }
+            if variational {
+                adam_lv.step(&mut lv, &g_lv)?;
+            }
+        }
+        Ok((
+            Tensor::from_vec(mu, (b, k, d), &device)?,
+            Tensor::from_vec(lv, (b, k, d), &device)?,
+        ))
     }
 
     /// [`AbsInference::infer`] on a batch of `blocks` equal blocks whose row `i` of every block
@@ -454,63 +670,10 @@ impl<M: LatentClassModel> AbsInference<M> {
                 rng
             })
             .collect();
-        let mut mu = start.means.clone();
-        let mut lv = start.log_variances.clone();
-        let c = &self.config;
-        // One state per latent tensor: Adam is element-wise, so this equals one optimiser per
-        // image and class (the reference's `auto_batch` runs one per chunk of 500 images).
-        let adam = AdamConfig::new(
-            c.adam_beta1,
-            c.adam_beta2,
-            c.adam_eps,
-            LrPlacement::AfterDivision,
-        );
-        let mut adam_mu = TensorAdam::new(adam, c.learning_rate, &mu)?;
-        let mut adam_lv = TensorAdam::new(adam, c.learning_rate, &lv)?;
-        for _ in 0..c.n_adam_steps {
-            let mu_var = Var::from_tensor(&mu)?;
-            if variational {
-                let lv_var = Var::from_tensor(&lv)?;
-                let eps = Self::noise(&mut rngs, k, d, &device)?;
-                let z = (mu_var.as_tensor() + (lv_var.as_tensor() * 0.5)?.exp()?.mul(&eps)?)?;
-                let (rec, prior, _) = self.objective(
-                    &x,
-                    &z,
-                    mu_var.as_tensor(),
-                    Some(lv_var.as_tensor()),
-                    pass,
-                    false,
-                )?;
-                let total = ((rec + prior)?.sum_all()? / n_pixels)?;
-                let grads = total.backward()?;
-                let g_mu = grads
-                    .get(mu_var.as_tensor())
-                    .map(Tensor::detach)
-                    .unwrap_or(mu.zeros_like()?);
-                let g_lv = grads
-                    .get(lv_var.as_tensor())
-                    .map(Tensor::detach)
-                    .unwrap_or(lv.zeros_like()?);
-                mu = self.project(adam_mu.step(&mu, &g_mu)?)?.detach();
-                lv = adam_lv.step(&lv, &g_lv)?.detach();
-            } else {
-                let (rec, prior, _) = self.objective(
-                    &x,
-                    mu_var.as_tensor(),
-                    mu_var.as_tensor(),
-                    None,
-                    pass,
-                    false,
-                )?;
-                let total = ((rec + prior)?.sum_all()? / n_pixels)?;
-                let grads = total.backward()?;
-                let g_mu = grads
-                    .get(mu_var.as_tensor())
-                    .map(Tensor::detach)
-                    .unwrap_or(mu.zeros_like()?);
-                mu = self.project(adam_mu.step(&mu, &g_mu)?)?.detach();
-            }
-        }
+        let (mu, lv) = match self.fast_engine() {
+            Some(fast) => self.optimise_fast(fast, &x, &start, pass, &mut rngs)?,
+            None => self.optimise_autodiff(&x, &start, pass, &mut rngs)?,
+        };
         let t2 = Instant::now();
 
         let (z, log_var) = match (variational, pass.final_evaluation) {

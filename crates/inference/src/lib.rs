@@ -53,6 +53,7 @@ mod classifier;
 pub mod config;
 mod engine;
 mod error;
+pub mod fast;
 mod model;
 pub mod models_impl;
 

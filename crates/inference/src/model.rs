@@ -48,6 +48,15 @@ pub trait LatentClassModel {
     /// Device the model's tensors live on.
     fn device(&self) -> &Device;
 
+    /// The decoders and prior term in the fast CPU engine's form ([`crate::fast`]): BatchNorm
+    /// folded, plain f32 buffers, a hand-written backward to the latent. `None` (the default)
+    /// keeps inference on the generic Candle path, which every model supports. A model that
+    /// returns one promises that its `decode` and `prior_term` compute the same functions
+    /// (the tests of `eabs-inference` check this for [`crate::FrozenAbsModel`]).
+    fn fast_model(&self) -> Result<Option<crate::fast::FastModel>> {
+        Ok(None)
+    }
+
     /// Number of pixel values `c * h * w`, the normaliser of the reference implementation's
     /// losses.
     fn n_pixels(&self) -> usize {
@@ -80,5 +89,8 @@ impl<T: LatentClassModel + ?Sized> LatentClassModel for &T {
     }
     fn device(&self) -> &Device {
         (**self).device()
+    }
+    fn fast_model(&self) -> Result<Option<crate::fast::FastModel>> {
+        (**self).fast_model()
     }
 }

@@ -6,7 +6,13 @@
 use candle_core::{Device, Result, Tensor};
 use eabs_models::{AbsModel, ModelConfig};
 
+use std::sync::Arc;
+
 use crate::config::{InferenceConfig, LatentInference};
+use crate::fast::{
+    Activation, BatchNormParams, Dense, FastConvLayer, FastDecoder, FastDiscriminator, FastModel,
+    FastPrior,
+};
 use crate::model::LatentClassModel;
 
 /// An [`AbsModel`] frozen for inference: detached weights (so the latent optimisation's backward
@@ -102,6 +108,86 @@ impl LatentClassModel for FrozenAbsModel {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Every decoder with its BatchNorms folded (running statistics: evaluation mode) and the
+    /// discriminators' layers, for the fast engine.
+    fn fast_model(&self) -> Result<Option<FastModel>> {
+        let arch = &self.model.config().arch;
+        let decoders = self
+            .model
+            .decoders()
+            .iter()
+            .map(|dec| {
+                let (fc, convts, bns) = dec.layers();
+                let fc = Dense::from_tensors(&fc.weight, &fc.bias)?;
+                let mut shape = (arch.decoder.first().map_or(0, |s| s.channels), 1, 1);
+                let mut layers = Vec::with_capacity(convts.len());
+                for (i, ct) in convts.iter().enumerate() {
+                    let bn = bns.get(i);
+                    let (mean, var) = match bn {
+                        Some(bn) => (
+                            Some(bn.running_mean.as_tensor().detach()),
+                            Some(bn.running_var.as_tensor().detach()),
+                        ),
+                        None => (None, None),
+                    };
+                    let params = match (bn, &mean, &var) {
+                        (Some(bn), Some(mean), Some(var)) => Some(BatchNormParams {
+                            gamma: &bn.weight,
+                            beta: &bn.bias,
+                            mean,
+                            var,
+                            eps: bn.eps,
+                        }),
+                        _ => None,
+                    };
+                    let activation = if i + 1 == convts.len() {
+                        Activation::Sigmoid
+                    } else {
+                        Activation::Relu
+                    };
+                    let layer = FastConvLayer::new(
+                        shape,
+                        &ct.weight,
+                        ct.bias.as_ref(),
+                        (ct.stride, ct.padding),
+                        params,
+                        activation,
+                    )?;
+                    shape = layer.output_shape();
+                    layers.push(layer);
+                }
+                FastDecoder::new(fc, layers)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let beta = self.model.config().beta;
+        let k = self.model.n_classes();
+        let prior = if self.model.discriminator_for(0).is_some() {
+            let mut built: Vec<Arc<FastDiscriminator>> = Vec::with_capacity(k);
+            let shared = self.model.discriminators().len() == 1;
+            for class in 0..k {
+                if shared && class > 0 {
+                    built.push(built[0].clone());
+                    continue;
+                }
+                let Some(dis) = self.model.discriminator_for(class) else {
+                    candle_core::bail!(
+                        "fast_model: class {class} has no discriminator, class 0 has one"
+                    );
+                };
+                let (dense, slope) = dis.layers();
+                let dense = dense
+                    .iter()
+                    .map(|l| Dense::from_tensors(&l.weight, &l.bias))
+                    .collect::<Result<Vec<_>>>()?;
+                built.push(Arc::new(FastDiscriminator::new(dense, slope, beta)?));
+            }
+            FastPrior::Discriminators(built)
+        } else {
+            FastPrior::GaussianKl
+        };
+        Ok(Some(FastModel::new(decoders, prior)?))
     }
 }
 

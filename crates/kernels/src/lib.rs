@@ -47,6 +47,7 @@ pub mod allocator;
 mod batch_norm;
 mod conv;
 mod cpu;
+pub mod raw;
 mod storage;
 pub mod threads;
 

@@ -199,6 +199,15 @@ impl Decoder {
         })
     }
 
+    /// The layers, for code that evaluates the decoder without Candle's graph (the fast
+    /// inference of `eabs-inference` folds each BatchNorm into the transposed convolution
+    /// before it): the fully-connected layer (no activation after it; dropout, identity in
+    /// evaluation mode), the transposed convolutions, and the BatchNorms after all but the last
+    /// (each followed by a ReLU; the last convolution has a bias and a sigmoid).
+    pub fn layers(&self) -> (&Linear, &[ConvTranspose2d], &[BatchNorm2d]) {
+        (&self.fc, &self.convts, &self.bns)
+    }
+
     /// `G(z)`: reconstructions in (0, 1).
     pub fn forward(&self, zs: &Tensor, train: bool) -> Result<Tensor> {
         let sig = self.forward_logits(zs, train)?;
@@ -296,6 +305,12 @@ impl Discriminator {
             layers,
             slope: cfg.leaky_slope,
         })
+    }
+
+    /// The fully-connected layers (a LeakyReLU of slope `leaky_slope` after all but the last,
+    /// whose one output is the logit) and that slope.
+    pub fn layers(&self) -> (&[Linear], f64) {
+        (&self.layers, self.slope)
     }
 
     /// The pre-sigmoid logit, `(b,)`. Use [`crate::layers::log_sigmoid`] on it (and on its
