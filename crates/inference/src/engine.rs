@@ -562,6 +562,8 @@ impl<M: LatentClassModel> AbsInference<M> {
         let mut sigma = vec![0f32; mu.len()];
         let mut g_mu = vec![0f32; mu.len()];
         let mut g_lv = vec![0f32; lv.len()];
+        // Activation and gradient buffers of the ten decoders, allocated by the first step.
+        let mut workspaces = fast.workspaces();
         for _ in 0..c.n_adam_steps {
             let eps = if variational {
                 let eps = Self::noise_values(rngs, k, d);
@@ -574,7 +576,7 @@ impl<M: LatentClassModel> AbsInference<M> {
                 z.copy_from_slice(&mu);
                 None
             };
-            let objectives = fast.objectives(&xv, &z, pass.use_prior, scale)?;
+            let objectives = fast.objectives(&xv, &z, pass.use_prior, scale, &mut workspaces)?;
             for (class, o) in objectives.iter().enumerate() {
                 for i in 0..b {
                     let at = (i * k + class) * d;

@@ -58,19 +58,19 @@ impl Dense {
     }
 
     fn forward(&self, n: usize, x: &[f32]) -> Result<Vec<f32>> {
-        let mut y = vec![0.0; n * self.n_out];
-        matmul(
-            (n, self.n_out, self.n_in),
-            &mut y,
-            x,
-            false,
-            &self.weight,
-            true,
-        )?;
+        let mut y = Vec::new();
+        self.forward_into(n, x, &mut y)?;
+        Ok(y)
+    }
+
+    /// `y = x Wᵀ + b` into `y`, resized to `(n, n_out)` (no reallocation when it already is).
+    fn forward_into(&self, n: usize, x: &[f32], y: &mut Vec<f32>) -> Result<()> {
+        y.resize(n * self.n_out, 0.0);
+        matmul((n, self.n_out, self.n_in), y, x, false, &self.weight, true)?;
         for row in y.chunks_mut(self.n_out) {
             row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += *b);
         }
-        Ok(y)
+        Ok(())
     }
 
     /// `dL/dx = dL/dy · W`, `(n, n_in)`.
@@ -254,29 +254,34 @@ impl FastDecoder {
                 .sum::<usize>()
     }
 
-    /// Forward pass keeping every layer's (post-activation) output: `acts[0]` is the
-    /// fully-connected output, `acts[i + 1]` layer `i`'s; the last is `G(z)`, `(n, P)`.
-    fn forward(&self, n: usize, z: &[f32]) -> Result<Vec<Vec<f32>>> {
-        let mut acts = Vec::with_capacity(self.layers.len() + 1);
-        acts.push(self.fc.forward(n, z)?);
-        for layer in &self.layers {
-            let input = acts.last().map(Vec::as_slice).unwrap_or_default();
-            let mut y = layer
+    /// Forward pass keeping every layer's (post-activation) output in `acts`: `acts[0]` is the
+    /// fully-connected output, `acts[i + 1]` layer `i`'s; the last is `G(z)`, `(n, P)`. The
+    /// buffers are resized only when `n` changes, so the 49 steps of one batch reuse them.
+    fn forward(&self, n: usize, z: &[f32], acts: &mut Vec<Vec<f32>>) -> Result<()> {
+        acts.resize_with(self.layers.len() + 1, Vec::new);
+        self.fc.forward_into(n, z, &mut acts[0])?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (done, rest) = acts.split_at_mut(i + 1);
+            let y = &mut rest[0];
+            y.resize(n * layer.conv.output_len(), 0.0);
+            layer
                 .conv
-                .forward(n, input, &layer.weight, Some(&layer.bias))?;
+                .forward_into(n, &done[i], &layer.weight, Some(&layer.bias), y)?;
             match layer.activation {
                 Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
                 Activation::Sigmoid => y.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
             }
-            acts.push(y);
         }
-        Ok(acts)
+        Ok(())
     }
 
-    /// Back from `dL/dG(z)` (consumed) to `dL/dz`, `(n, d)`, through the saved activations.
-    fn backward(&self, n: usize, acts: &[Vec<f32>], mut g: Vec<f32>) -> Result<Vec<f32>> {
+    /// Back from `grads[last] = dL/dG(z)` to `dL/dz`, `(n, d)`, through the saved activations;
+    /// `grads[i]` (resized like `acts[i]`) receives the gradient with respect to `acts[i]`.
+    fn backward(&self, n: usize, acts: &[Vec<f32>], grads: &mut [Vec<f32>]) -> Result<Vec<f32>> {
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let out = &acts[i + 1];
+            let (below, above) = grads.split_at_mut(i + 1);
+            let g = &mut above[0];
             match layer.activation {
                 // d relu / dy = 1 where the output is positive (PyTorch's choice at 0: 0).
                 // Written as a select, not a conditional store: the branchy form was a fifth
@@ -290,9 +295,11 @@ impl FastDecoder {
                     .zip(out)
                     .for_each(|(g, s)| *g *= *s * (1.0 - *s)),
             }
-            g = layer.conv.input_grad(n, &g, &layer.weight)?;
+            let gx = &mut below[i];
+            gx.resize(acts[i].len(), 0.0);
+            layer.conv.input_grad_into(n, g, &layer.weight, gx)?;
         }
-        self.fc.input_grad(n, &g)
+        self.fc.input_grad(n, &grads[0])
     }
 }
 
@@ -480,6 +487,30 @@ impl FastModel {
         use_prior: bool,
         scale: f32,
     ) -> Result<ClassObjective> {
+        self.class_objective_in(
+            class,
+            x,
+            z,
+            use_prior,
+            scale,
+            &mut ClassWorkspace::default(),
+        )
+    }
+
+    /// [`FastModel::class_objective`] with the activation and gradient buffers of `ws`, which
+    /// later calls on the same batch size reuse (inference's 49 steps allocate them once).
+    ///
+    /// # Errors
+    /// As [`FastModel::class_objective`].
+    pub fn class_objective_in(
+        &self,
+        class: usize,
+        x: &[f32],
+        z: &[f32],
+        use_prior: bool,
+        scale: f32,
+        ws: &mut ClassWorkspace,
+    ) -> Result<ClassObjective> {
         let Some(dec) = self.decoders.get(class) else {
             bail!(
                 "FastModel: class {class} out of range ({} classes)",
@@ -495,20 +526,22 @@ impl FastModel {
                 x.len()
             );
         }
-        let acts = dec.forward(n, z)?;
-        let rec = acts.last().map(Vec::as_slice).unwrap_or_default();
+        dec.forward(n, z, &mut ws.acts)?;
+        ws.grads.resize_with(ws.acts.len(), Vec::new);
+        let last = ws.acts.len() - 1;
+        let (rec, g) = (&ws.acts[last], &mut ws.grads[last]);
+        g.resize(n * p, 0.0);
         let mut errors = Vec::with_capacity(n);
-        let mut g = Vec::with_capacity(n * p);
-        for (xr, rr) in x.chunks(p).zip(rec.chunks(p)) {
+        for ((xr, rr), gr) in x.chunks(p).zip(rec.chunks(p)).zip(g.chunks_mut(p)) {
             let mut e = 0.0f32;
-            for (xv, rv) in xr.iter().zip(rr) {
+            for ((xv, rv), gv) in xr.iter().zip(rr).zip(gr) {
                 let diff = rv - xv;
                 e += diff * diff;
-                g.push(2.0 * diff * scale);
+                *gv = 2.0 * diff * scale;
             }
             errors.push(e);
         }
-        let mut grad = dec.backward(n, &acts, g)?;
+        let mut grad = dec.backward(n, &ws.acts, &mut ws.grads)?;
         let prior = match (&self.prior, use_prior) {
             (FastPrior::Discriminators(ds), true) => {
                 let (prior, gp) = ds[class].value_and_grad(n, z, scale)?;
@@ -524,17 +557,24 @@ impl FastModel {
         })
     }
 
+    /// One empty [`ClassWorkspace`] per class, for [`FastModel::objectives`].
+    pub fn workspaces(&self) -> Vec<ClassWorkspace> {
+        vec![ClassWorkspace::default(); self.n_classes()]
+    }
+
     /// [`FastModel::class_objective`] for every class at once, in parallel over classes:
-    /// `z: (n, K, d)` (inference's layout), results in class order.
+    /// `z: (n, K, d)` (inference's layout), results in class order; class `k` works in
+    /// `ws[k]` (from [`FastModel::workspaces`], kept across the steps of a batch).
     ///
     /// # Errors
-    /// As [`FastModel::class_objective`].
+    /// As [`FastModel::class_objective`], or not one workspace per class.
     pub fn objectives(
         &self,
         x: &[f32],
         z: &[f32],
         use_prior: bool,
         scale: f32,
+        ws: &mut [ClassWorkspace],
     ) -> Result<Vec<ClassObjective>> {
         let (k, d) = (self.n_classes(), self.latent_dim());
         let n = z.len() / (k * d);
@@ -544,15 +584,32 @@ impl FastModel {
                 z.len()
             );
         }
-        (0..k)
-            .into_par_iter()
-            .map(|class| {
-                let zk: Vec<f32> = (0..n)
-                    .flat_map(|i| &z[(i * k + class) * d..(i * k + class + 1) * d])
-                    .copied()
-                    .collect();
-                self.class_objective(class, x, &zk, use_prior, scale)
+        if ws.len() != k {
+            bail!(
+                "FastModel::objectives: {} workspaces for {k} classes",
+                ws.len()
+            );
+        }
+        ws.par_iter_mut()
+            .enumerate()
+            .map(|(class, w)| {
+                let mut zk = std::mem::take(&mut w.zk);
+                zk.clear();
+                zk.extend((0..n).flat_map(|i| &z[(i * k + class) * d..(i * k + class + 1) * d]));
+                let out = self.class_objective_in(class, x, &zk, use_prior, scale, w);
+                w.zk = zk;
+                out
             })
             .collect()
     }
+}
+
+/// The buffers of one class's objective: the decoder's activations and their gradients, and the
+/// class's latents gathered from inference's `(n, K, d)` layout. Empty at first; sized by the
+/// first call and reused by every later call with the same batch size.
+#[derive(Debug, Clone, Default)]
+pub struct ClassWorkspace {
+    zk: Vec<f32>,
+    acts: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
 }

@@ -519,18 +519,32 @@ pub(crate) fn small_from_big(
     w: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    debug_assert!(g.is_nonempty());
     let mut out = out_buffer(g.n * g.small_len());
+    small_from_big_into(g, big, w, bias, &mut out);
+    out
+}
+
+/// [`small_from_big`] into `out` (`n * small_len` floats, every one overwritten): for loops
+/// that keep their buffers across calls.
+pub(crate) fn small_from_big_into(
+    g: &ConvGeom,
+    big: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    debug_assert!(g.is_nonempty());
+    debug_assert_eq!(out.len(), g.n * g.small_len());
     if g.n == 0 {
-        return out;
+        return;
     }
     if g.is_full_cover() {
-        full_cover_small_from_big(g, big, w, bias, &mut out);
-        return out;
+        full_cover_small_from_big(g, big, w, bias, out);
+        return;
     }
     if g.is_pointwise() {
-        pointwise(g, big, w, false, g.c_big, g.c_small, bias, &mut out);
-        return out;
+        pointwise(g, big, w, false, g.c_big, g.c_small, bias, out);
+        return;
     }
     let (chunk, par) = plan(g);
     let p = g.p_small();
@@ -570,7 +584,6 @@ pub(crate) fn small_from_big(
             .zip(out.chunks_mut(out_chunk))
             .for_each(run);
     }
-    out
 }
 
 /// `conv_transpose2d` forward in our geometry: `big = col2im(Wᵀ · small) + bias`, with `w:
@@ -587,18 +600,31 @@ pub(crate) fn big_from_small(
     w: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    debug_assert!(g.is_nonempty());
     let mut out = out_buffer(g.n * g.big_len());
+    big_from_small_into(g, small, w, bias, &mut out);
+    out
+}
+
+/// [`big_from_small`] into `out` (`n * big_len` floats, every one overwritten).
+pub(crate) fn big_from_small_into(
+    g: &ConvGeom,
+    small: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    debug_assert!(g.is_nonempty());
+    debug_assert_eq!(out.len(), g.n * g.big_len());
     if g.n == 0 {
-        return out;
+        return;
     }
     if g.is_full_cover() {
-        full_cover_big_from_small(g, small, w, bias, &mut out);
-        return out;
+        full_cover_big_from_small(g, small, w, bias, out);
+        return;
     }
     if g.is_pointwise() {
-        pointwise(g, small, w, true, g.c_small, g.c_big, bias, &mut out);
-        return out;
+        pointwise(g, small, w, true, g.c_small, g.c_big, bias, out);
+        return;
     }
     let (chunk, par) = plan(g);
     let p = g.p_small();
@@ -633,7 +659,6 @@ pub(crate) fn big_from_small(
             .zip(out.chunks_mut(out_chunk))
             .for_each(run);
     }
-    out
 }
 
 /// Weight gradient shared by both ops: `gw: (c_small, c_big, kh, kw) = Σ_b small_b ·

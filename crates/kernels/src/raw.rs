@@ -108,7 +108,26 @@ impl TransposedConv {
         w: &[f32],
         bias: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
+        let mut y = cpu::out_buffer(n * self.output_len());
+        self.forward_into(n, x, w, bias, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`TransposedConv::forward`] into `y` (`n` output images; every element overwritten), for
+    /// loops that allocate their buffers once.
+    ///
+    /// # Errors
+    /// As [`TransposedConv::forward`], or a `y` of the wrong length.
+    pub fn forward_into(
+        &self,
+        n: usize,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<()> {
         self.check("forward", n, x, self.input_len(), w)?;
+        self.check_out("forward", n, y, self.output_len())?;
         if let Some(b) = bias {
             if b.len() != self.geom.c_big {
                 bail!(
@@ -118,10 +137,10 @@ impl TransposedConv {
                 );
             }
         }
-        if n == 0 {
-            return Ok(Vec::new());
+        if n > 0 {
+            cpu::big_from_small_into(&self.batch(n), x, w, bias, y);
         }
-        Ok(cpu::big_from_small(&self.batch(n), x, w, bias))
+        Ok(())
     }
 
     /// The gradient with respect to the input, `dL/dx = conv2d(dL/dy, w)`: `gy: (n, c_out,
@@ -130,11 +149,32 @@ impl TransposedConv {
     /// # Errors
     /// Slice lengths that do not match the geometry.
     pub fn input_grad(&self, n: usize, gy: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+        let mut gx = cpu::out_buffer(n * self.input_len());
+        self.input_grad_into(n, gy, w, &mut gx)?;
+        Ok(gx)
+    }
+
+    /// [`TransposedConv::input_grad`] into `gx` (`n` input images; every element overwritten).
+    ///
+    /// # Errors
+    /// As [`TransposedConv::input_grad`], or a `gx` of the wrong length.
+    pub fn input_grad_into(&self, n: usize, gy: &[f32], w: &[f32], gx: &mut [f32]) -> Result<()> {
         self.check("input_grad", n, gy, self.output_len(), w)?;
-        if n == 0 {
-            return Ok(Vec::new());
+        self.check_out("input_grad", n, gx, self.input_len())?;
+        if n > 0 {
+            cpu::small_from_big_into(&self.batch(n), gy, w, None, gx);
         }
-        Ok(cpu::small_from_big(&self.batch(n), gy, w, None))
+        Ok(())
+    }
+
+    fn check_out(&self, what: &str, n: usize, out: &[f32], len: usize) -> Result<()> {
+        if out.len() != n * len {
+            bail!(
+                "TransposedConv::{what}: output buffer of {} floats, expected {n} images of {len}",
+                out.len()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -206,6 +246,18 @@ mod tests {
         assert!(err < 1e-4, "input gradient differs by {err}");
         let bad = tc.forward(2, &xv, &wv, None).unwrap_err().to_string();
         assert!(bad.contains("expected 2 images"), "{bad}");
+        // Into a reused buffer: the same values, whatever the buffer held before.
+        let mut buf = vec![f32::NAN; y.len()];
+        tc.forward_into(3, &xv, &wv, None, &mut buf).unwrap();
+        assert_eq!(buf, y);
+        let mut gbuf = vec![7.0; gx.len()];
+        tc.input_grad_into(3, &gyv, &wv, &mut gbuf).unwrap();
+        assert_eq!(gbuf, gx);
+        let bad = tc
+            .forward_into(3, &xv, &wv, None, &mut buf[1..])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("output buffer"), "{bad}");
     }
 
     #[test]
