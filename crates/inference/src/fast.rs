@@ -475,34 +475,13 @@ impl FastModel {
     }
 
     /// Class `class`'s objective and its gradient at latents `z: (n, d)` for images `x: (n,
-    /// P)`, with the discriminator's prior term when `use_prior`.
+    /// P)`, with the discriminator's prior term when `use_prior`, computed in the activation
+    /// and gradient buffers of `ws`, which later calls on the same batch size reuse
+    /// (inference's 49 steps allocate them once; `&mut ClassWorkspace::default()` for one call).
     ///
     /// # Errors
     /// A class out of range or slices of the wrong length.
     pub fn class_objective(
-        &self,
-        class: usize,
-        x: &[f32],
-        z: &[f32],
-        use_prior: bool,
-        scale: f32,
-    ) -> Result<ClassObjective> {
-        self.class_objective_in(
-            class,
-            x,
-            z,
-            use_prior,
-            scale,
-            &mut ClassWorkspace::default(),
-        )
-    }
-
-    /// [`FastModel::class_objective`] with the activation and gradient buffers of `ws`, which
-    /// later calls on the same batch size reuse (inference's 49 steps allocate them once).
-    ///
-    /// # Errors
-    /// As [`FastModel::class_objective`].
-    pub fn class_objective_in(
         &self,
         class: usize,
         x: &[f32],
@@ -596,7 +575,7 @@ impl FastModel {
                 let mut zk = std::mem::take(&mut w.zk);
                 zk.clear();
                 zk.extend((0..n).flat_map(|i| &z[(i * k + class) * d..(i * k + class + 1) * d]));
-                let out = self.class_objective_in(class, x, &zk, use_prior, scale, w);
+                let out = self.class_objective(class, x, &zk, use_prior, scale, w);
                 w.zk = zk;
                 out
             })

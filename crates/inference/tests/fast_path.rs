@@ -15,6 +15,7 @@
 //! with the losses still equal to 3e-6.
 
 use candle_core::{Device, Tensor, Var};
+use eabs_inference::fast::ClassWorkspace;
 use eabs_inference::{
     AbsInference, FrozenAbsModel, InferenceConfig, LatentClassModel, LatentInference,
 };
@@ -128,7 +129,14 @@ fn objective_and_latent_gradient_match_autodiff() {
                 let grads = total.backward().unwrap();
                 let want_grad = flat(grads.get(zv.as_tensor()).unwrap());
                 let got = fast
-                    .class_objective(class, &flat(&xf), &flat(&z), true, scale)
+                    .class_objective(
+                        class,
+                        &flat(&xf),
+                        &flat(&z),
+                        true,
+                        scale,
+                        &mut ClassWorkspace::default(),
+                    )
                     .unwrap();
                 let what = format!("{family:?} {variant:?} {kind} weights, class {class}");
                 let e = max_rel_diff(&got.errors, &flat(&err));
