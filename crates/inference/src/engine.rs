@@ -468,6 +468,18 @@ impl<M: LatentClassModel> AbsInference<M> {
         }
     }
 
+    /// The Adam of the latent updates (both engines): the configured betas and eps, the
+    /// learning rate applied after the division, as in the reference.
+    fn latent_adam(&self) -> AdamConfig {
+        let c = &self.config;
+        AdamConfig::new(
+            c.adam_beta1,
+            c.adam_beta2,
+            c.adam_eps,
+            LrPlacement::AfterDivision,
+        )
+    }
+
     /// Stage 2 on Candle's autodiff graph: the reference path, and the one every device and
     /// model takes where [`Self::fast_engine`] gives none.
     fn optimise_autodiff(
@@ -486,12 +498,7 @@ impl<M: LatentClassModel> AbsInference<M> {
         let n_pixels = x.dim(1)? as f64;
         // One state per latent tensor: Adam is element-wise, so this equals one optimiser per
         // image and class (the reference's `auto_batch` runs one per chunk of 500 images).
-        let adam = AdamConfig::new(
-            c.adam_beta1,
-            c.adam_beta2,
-            c.adam_eps,
-            LrPlacement::AfterDivision,
-        );
+        let adam = self.latent_adam();
         let mut adam_mu = TensorAdam::new(adam, c.learning_rate, &mu)?;
         let mut adam_lv = TensorAdam::new(adam, c.learning_rate, &lv)?;
         for _ in 0..c.n_adam_steps {
@@ -547,12 +554,7 @@ impl<M: LatentClassModel> AbsInference<M> {
         let xv = x.flatten_all()?.to_vec1::<f32>()?;
         let mut mu = start.means.flatten_all()?.to_vec1::<f32>()?;
         let mut lv = start.log_variances.flatten_all()?.to_vec1::<f32>()?;
-        let adam = AdamConfig::new(
-            c.adam_beta1,
-            c.adam_beta2,
-            c.adam_eps,
-            LrPlacement::AfterDivision,
-        );
+        let adam = self.latent_adam();
         let mut adam_mu = SliceAdam::new(adam, c.learning_rate, mu.len());
         let mut adam_lv = SliceAdam::new(adam, c.learning_rate, lv.len());
         // The Gaussian KL of eq. (2) where the model has no discriminator (see `objective`).

@@ -124,24 +124,17 @@ impl LatentClassModel for FrozenAbsModel {
                 let mut shape = (arch.decoder.first().map_or(0, |s| s.channels), 1, 1);
                 let mut layers = Vec::with_capacity(convts.len());
                 for (i, ct) in convts.iter().enumerate() {
-                    let bn = bns.get(i);
-                    let (mean, var) = match bn {
-                        Some(bn) => (
-                            Some(bn.running_mean.as_tensor().detach()),
-                            Some(bn.running_var.as_tensor().detach()),
-                        ),
-                        None => (None, None),
-                    };
-                    let params = match (bn, &mean, &var) {
-                        (Some(bn), Some(mean), Some(var)) => Some(BatchNormParams {
-                            gamma: &bn.weight,
-                            beta: &bn.bias,
-                            mean,
-                            var,
-                            eps: bn.eps,
-                        }),
-                        _ => None,
-                    };
+                    let running = bns.get(i).map(|bn| {
+                        let (mean, var) = (&bn.running_mean, &bn.running_var);
+                        (bn, mean.as_tensor().detach(), var.as_tensor().detach())
+                    });
+                    let params = running.as_ref().map(|(bn, mean, var)| BatchNormParams {
+                        gamma: &bn.weight,
+                        beta: &bn.bias,
+                        mean,
+                        var,
+                        eps: bn.eps,
+                    });
                     let activation = if i + 1 == convts.len() {
                         Activation::Sigmoid
                     } else {
