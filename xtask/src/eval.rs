@@ -320,6 +320,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "attack": row.map(|r| row_config(r, &sizes, ds, attack_seed)).transpose()?,
             "eot": stochastic,
         });
+        eabs_eval::experiment::bind_inference_noise(&mut s, stochastic);
         if let (true, Some(map)) = (stochastic, s.as_object_mut()) {
             map.insert(
                 "verdict".into(),

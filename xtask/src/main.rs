@@ -7,7 +7,9 @@
 mod data;
 mod eval;
 mod fetch;
+mod gpu_check;
 mod reproduce;
+mod slurm;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +42,13 @@ enum Command {
         #[command(subcommand)]
         command: train::WeightsCommand,
     },
+    /// Compare a device (cuda, or the CPU's stock-op path) with the CPU on every layer, a
+    /// training step, an inference batch and a PGD step; time them at the paper's sizes; write
+    /// results/gpu-check/<device>.json. Fails when a check fails.
+    GpuCheck(gpu_check::GpuCheckArgs),
+    /// Write (and with --submit, submit) the Slurm job scripts of a sharded table run: training,
+    /// an evaluation array, and the merge, chained with afterok dependencies.
+    Slurm(slurm::SlurmArgs),
     /// Check that a results directory of `reproduce` is complete and self-consistent.
     VerifyResults {
         /// e.g. results/table2/smoke
@@ -71,6 +80,8 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Weights { command } => train::run_weights(&command),
+        Command::GpuCheck(args) => gpu_check::run(&args),
+        Command::Slurm(args) => slurm::run(&args),
         Command::VerifyResults { dir } => reproduce::verify(&dir),
     }
 }

@@ -5,6 +5,7 @@
 //! the clipped images (never trusting the attack's own bookkeeping).
 
 use candle_core::Tensor;
+use eabs_core::host::HostRead;
 
 use crate::criteria::Criterion;
 use crate::error::{Error, Result};
@@ -138,8 +139,8 @@ pub fn check_bounds<M: Classifier + ?Sized>(
 ) -> Result<()> {
     let b = model.bounds();
     let flat = xs.flatten_all()?.to_dtype(candle_core::DType::F64)?;
-    let lo = flat.min(0)?.to_scalar::<f64>()?;
-    let hi = flat.max(0)?.to_scalar::<f64>()?;
+    let lo = flat.min(0)?.host_scalar::<f64>()?;
+    let hi = flat.max(0)?.host_scalar::<f64>()?;
     let tol = 1e-6 * b.width();
     if !(lo >= b.min - tol && hi <= b.max + tol) {
         return Err(Error::OutOfBounds {

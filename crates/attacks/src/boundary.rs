@@ -18,6 +18,7 @@
 //! - Samples whose starting point is not adversarial are returned unchanged (attack failed).
 
 use candle_core::Tensor;
+use eabs_core::host;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -402,6 +403,6 @@ pub fn starting_points_from_pool(
         let mut rng = ChaCha8Rng::seed_from_u64(sample_seed);
         picks.push(ok[rng.random_range(0..ok.len())] as u32);
     }
-    let ids = Tensor::new(picks.as_slice(), pool.device())?;
+    let ids = host::new(picks.as_slice(), pool.device())?;
     Ok(pool.index_select(&ids, 0)?)
 }

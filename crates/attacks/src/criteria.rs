@@ -3,6 +3,7 @@
 //! Carlini-Wagner margin).
 
 use candle_core::{DType, Device, Tensor, D};
+use eabs_core::host::{self, HostRead};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -52,7 +53,7 @@ impl Criterion {
             });
         }
         Ok(Self::misclassification(
-            labels.to_dtype(DType::U32)?.to_vec1::<u32>()?,
+            labels.to_dtype(DType::U32)?.host_vec1::<u32>()?,
         ))
     }
 
@@ -131,7 +132,7 @@ pub fn one_hot(classes: &[u32], n_classes: usize, dtype: DType, device: &Device)
     for (i, &c) in classes.iter().enumerate() {
         data[i * n_classes + c as usize] = 1.0;
     }
-    Ok(Tensor::from_vec(data, (classes.len(), n_classes), device)?.to_dtype(dtype)?)
+    Ok(host::from_vec(data, (classes.len(), n_classes), device)?.to_dtype(dtype)?)
 }
 
 /// Per-sample log-sum-exp of `(b, k)` logits, `(b,)`; the max shift is a constant for autodiff.
@@ -244,9 +245,9 @@ mod tests {
 
     fn eval(loss: Loss, crit: &Criterion, logits: &[f32]) -> f32 {
         let k = logits.len();
-        let t = Tensor::from_vec(logits.to_vec(), (1, k), &Device::Cpu).unwrap();
+        let t = host::from_vec(logits.to_vec(), (1, k), &Device::Cpu).unwrap();
         let f = loss.function(crit, k, DType::F32, &Device::Cpu).unwrap();
-        f(&t).unwrap().to_vec1::<f32>().unwrap()[0]
+        f(&t).unwrap().host_vec1::<f32>().unwrap()[0]
     }
 
     #[test]
@@ -295,7 +296,7 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        let g = g.get(z.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let g = g.get(z.as_tensor()).unwrap().host_vec2::<f32>().unwrap();
         for (a, b) in g[0].iter().zip([-0.25f32, 0.5, -0.25]) {
             assert!((a - b).abs() < 1e-6, "{:?}", g);
         }
@@ -303,7 +304,7 @@ mod tests {
 
     #[test]
     fn criteria_verdicts() {
-        let logits = Tensor::new(&[[0f32, 1.0], [2.0, 1.0]], &Device::Cpu).unwrap();
+        let logits = host::new(&[[0f32, 1.0], [2.0, 1.0]], &Device::Cpu).unwrap();
         assert_eq!(
             Criterion::misclassification(vec![0, 0])
                 .is_adversarial_logits(&logits)

@@ -13,6 +13,7 @@
 //! - Untargeted only.
 
 use candle_core::Tensor;
+use eabs_core::host::HostRead;
 use serde::{Deserialize, Serialize};
 
 use crate::base::{check_batch, Attack, MinimizationAttack};
@@ -141,7 +142,7 @@ impl<M: Differentiable + ?Sized> MinimizationAttack<M> for DeepFool {
         let (dtype, device) = (xs.dtype(), xs.device().clone());
         let x0 = xs.flatten_from(1)?;
         let logits0 = checked_logits(model, xs)?;
-        let order: Vec<Vec<u32>> = logits0.arg_sort_last_dim(false)?.to_vec2::<u32>()?;
+        let order: Vec<Vec<u32>> = logits0.arg_sort_last_dim(false)?.host_vec2::<u32>()?;
         let class_k = |k: usize| order.iter().map(|r| r[k]).collect::<Vec<u32>>();
         let oh0 = one_hot(&class_k(0), n_classes, dtype, &device)?;
         let ohs: Vec<Tensor> = (1..candidates)

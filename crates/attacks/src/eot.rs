@@ -79,6 +79,9 @@ impl<M: Classifier> Classifier for Eot<M> {
         }
         acc / self.n as f64
     }
+    fn begin_unit(&self) {
+        self.model.begin_unit()
+    }
 }
 
 impl<M: Differentiable> Differentiable for Eot<M> {

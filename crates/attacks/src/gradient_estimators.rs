@@ -159,6 +159,9 @@ impl<M: Classifier> Classifier for EstimatedGradient<M> {
     fn logits_common_noise(&self, xs: &Tensor, blocks: usize) -> candle_core::Result<Tensor> {
         self.model.logits_common_noise(xs, blocks)
     }
+    fn begin_unit(&self) {
+        self.model.begin_unit()
+    }
 }
 
 impl<M: Classifier> Differentiable for EstimatedGradient<M> {

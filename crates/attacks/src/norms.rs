@@ -118,36 +118,45 @@ impl Norm {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use eabs_core::host::{self, HostRead};
     use rand_chacha::rand_core::SeedableRng;
 
     #[test]
     fn clipping_and_normalisation() {
-        let d = Tensor::new(&[[3f32, 4.0], [0.3, -0.4]], &Device::Cpu).unwrap();
+        let d = host::new(&[[3f32, 4.0], [0.3, -0.4]], &Device::Cpu).unwrap();
         // L2: the 5-long row is scaled to length 1, the 0.5-long row is kept.
         let c = Norm::L2
             .clip_perturbation(&d, 1.0)
             .unwrap()
-            .to_vec2::<f32>()
+            .host_vec2::<f32>()
             .unwrap();
         assert_eq!(c, vec![vec![0.6, 0.8], vec![0.3, -0.4]]);
         let c = Norm::Linf
             .clip_perturbation(&d, 0.35)
             .unwrap()
-            .to_vec2::<f32>()
+            .host_vec2::<f32>()
             .unwrap();
         assert_eq!(c, vec![vec![0.35, 0.35], vec![0.3, -0.35]]);
-        let n = Norm::L2.normalize(&d).unwrap().to_vec2::<f32>().unwrap();
+        let n = Norm::L2.normalize(&d).unwrap().host_vec2::<f32>().unwrap();
         assert!((n[1][0] - 0.6).abs() < 1e-6 && (n[1][1] + 0.8).abs() < 1e-6);
         assert_eq!(
-            Norm::Linf.normalize(&d).unwrap().to_vec2::<f32>().unwrap()[1],
+            Norm::Linf
+                .normalize(&d)
+                .unwrap()
+                .host_vec2::<f32>()
+                .unwrap()[1],
             vec![1.0, -1.0]
         );
         let zero = Tensor::zeros((1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert_eq!(
-            Norm::L2.normalize(&zero).unwrap().to_vec2::<f32>().unwrap(),
+            Norm::L2
+                .normalize(&zero)
+                .unwrap()
+                .host_vec2::<f32>()
+                .unwrap(),
             vec![vec![0.0; 3]]
         );
-        let b = Tensor::new(&[[0f32, 0.0], [0.0, 0.0]], &Device::Cpu).unwrap();
+        let b = host::new(&[[0f32, 0.0], [0.0, 0.0]], &Device::Cpu).unwrap();
         assert_eq!(Norm::L2.distances(&d, &b).unwrap()[0], 5.0);
         assert!((Norm::Linf.distances(&d, &b).unwrap()[1] - 0.4).abs() < 1e-6);
     }

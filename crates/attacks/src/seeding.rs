@@ -21,31 +21,18 @@
 //! ```
 
 use candle_core::{DType, Tensor};
+use eabs_core::host::HostRead;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 
-/// SplitMix64 finaliser: a cheap, well-mixed 64-bit hash step.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Seed of the random stream of one sample: `seed` mixed with a hash of the sample's f32 bits
 /// (`-0.0` hashes as `0.0`). `row` is the sample flattened, as [`flat_rows_f32`] gives it.
+/// The rule is [`eabs_core::seeding::content_seed`], which the randomised inference of ABS-like
+/// models shares.
 pub fn sample_seed(seed: u64, row: &[f32]) -> u64 {
-    // FNV-1a over the bit patterns, then SplitMix with the user seed.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in row {
-        // Normalise -0.0 to 0.0 so that equal values hash equally.
-        let bits = if *v == 0.0 { 0 } else { v.to_bits() };
-        h ^= u64::from(bits);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    mix(mix(seed) ^ h)
+    eabs_core::seeding::content_seed(seed, row)
 }
 
 /// [`sample_seed`] of every sample of `xs` (any shape with the batch first): `(batch,)` seeds.
@@ -68,7 +55,10 @@ pub fn sample_rngs(seed: u64, xs: &Tensor) -> Result<Vec<ChaCha8Rng>> {
 /// The samples of `xs` (any shape with the batch first) flattened, as f32: the values that
 /// [`sample_seed`] hashes, whatever the dtype of `xs`.
 pub fn flat_rows_f32(xs: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(xs.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    Ok(xs
+        .flatten_from(1)?
+        .to_dtype(DType::F32)?
+        .host_vec2::<f32>()?)
 }
 
 #[cfg(test)]
@@ -76,18 +66,19 @@ mod tests {
     use super::*;
     use crate::util::normal_rows;
     use candle_core::Device;
+    use eabs_core::host;
 
     #[test]
     fn streams_depend_on_content_not_position() -> Result<()> {
         assert_eq!(sample_seed(1, &[0.5, 0.0]), sample_seed(1, &[0.5, -0.0]));
         assert_ne!(sample_seed(1, &[0.5, 0.0]), sample_seed(2, &[0.5, 0.0]));
         assert_ne!(sample_seed(1, &[0.5, 0.0]), sample_seed(1, &[0.0, 0.5]));
-        let xs = Tensor::new(&[[0.1f32, 0.2], [0.3, 0.4]], &Device::Cpu)?;
-        let swapped = Tensor::new(&[[0.3f32, 0.4], [0.1, 0.2]], &Device::Cpu)?;
+        let xs = host::new(&[[0.1f32, 0.2], [0.3, 0.4]], &Device::Cpu)?;
+        let swapped = host::new(&[[0.3f32, 0.4], [0.1, 0.2]], &Device::Cpu)?;
         let mut a = sample_rngs(7, &xs)?;
         let mut b = sample_rngs(7, &swapped)?;
-        let na = normal_rows(&mut a, 3, &Device::Cpu)?.to_vec2::<f32>()?;
-        let nb = normal_rows(&mut b, 3, &Device::Cpu)?.to_vec2::<f32>()?;
+        let na = normal_rows(&mut a, 3, &Device::Cpu)?.host_vec2::<f32>()?;
+        let nb = normal_rows(&mut b, 3, &Device::Cpu)?.host_vec2::<f32>()?;
         assert_eq!(na[0], nb[1]);
         assert_eq!(na[1], nb[0]);
         Ok(())

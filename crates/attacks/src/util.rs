@@ -3,6 +3,7 @@
 //! seeding that code outside shares is public in [`crate::seeding`].
 
 use candle_core::{DType, Device, Tensor, D};
+use eabs_core::host::{self, HostRead};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -19,7 +20,7 @@ pub(crate) fn normal_rows(rngs: &mut [ChaCha8Rng], dim: usize, device: &Device) 
             data.push(v);
         }
     }
-    Ok(Tensor::from_vec(data, (rngs.len(), dim), device)?)
+    Ok(host::from_vec(data, (rngs.len(), dim), device)?)
 }
 
 /// Uniform noise in `[lo, hi)`, `(rngs.len(), dim)`, row `i` drawn from `rngs[i]`.
@@ -37,17 +38,17 @@ pub(crate) fn uniform_rows(
             data.push((lo + (hi - lo) * u) as f32);
         }
     }
-    Ok(Tensor::from_vec(data, (rngs.len(), dim), device)?)
+    Ok(host::from_vec(data, (rngs.len(), dim), device)?)
 }
 
 /// `(b, 1)` column tensor of per-sample scalars, in `dtype` on `device`.
 pub(crate) fn column(values: &[f64], dtype: DType, device: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_vec(values.to_vec(), (values.len(), 1), device)?.to_dtype(dtype)?)
+    Ok(host::from_vec(values.to_vec(), (values.len(), 1), device)?.to_dtype(dtype)?)
 }
 
 /// A `(b,)` or `(b, 1)` tensor as `Vec<f64>`.
 pub(crate) fn to_vec_f64(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+    Ok(t.flatten_all()?.to_dtype(DType::F64)?.host_vec1::<f64>()?)
 }
 
 /// Per-row L2 norms of a `(b, d)` tensor as a `(b, 1)` tensor.
@@ -61,14 +62,14 @@ pub(crate) fn where_rows(mask: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor
     let mut mshape = vec![1usize; dims.len()];
     mshape[0] = mask.len();
     let m: Vec<u8> = mask.iter().map(|&v| u8::from(v)).collect();
-    let m = Tensor::from_vec(m, mshape, a.device())?.broadcast_as(dims)?;
+    let m = host::from_vec(m, mshape, a.device())?.broadcast_as(dims)?;
     Ok(m.where_cond(a, b)?)
 }
 
 /// Selects rows `idx` of `t`.
 pub(crate) fn take_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
     let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-    let ids = Tensor::new(ids.as_slice(), t.device())?;
+    let ids = host::new(ids.as_slice(), t.device())?;
     Ok(t.index_select(&ids, 0)?)
 }
 
@@ -83,7 +84,7 @@ pub(crate) fn put_rows(full: &Tensor, sub: &Tensor, idx: &[usize]) -> Result<Ten
         map[i] = (n + j) as u32;
     }
     let both = Tensor::cat(&[full, sub], 0)?;
-    let map = Tensor::new(map.as_slice(), full.device())?;
+    let map = host::new(map.as_slice(), full.device())?;
     Ok(both.index_select(&map, 0)?)
 }
 
@@ -130,7 +131,7 @@ pub(crate) fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
     Ok(logits
         .argmax(D::Minus1)?
         .to_dtype(DType::U32)?
-        .to_vec1::<u32>()?)
+        .host_vec1::<u32>()?)
 }
 
 /// `value_and_grad` plus the logits at `xs`, saving a forward pass where possible: the loss
@@ -195,38 +196,41 @@ mod tests {
             calls: std::cell::Cell::new(0),
             device: Device::Cpu,
         };
-        let xs = Tensor::new(&[[0.25f32, 0.5], [1.0, 0.0]], &Device::Cpu)?;
+        let xs = host::new(&[[0.25f32, 0.5], [1.0, 0.0]], &Device::Cpu)?;
         let want = vec![vec![0.5f32, 1.0], vec![2.0, 0.0]];
         let loss = |l: &Tensor| l.sum(1);
         // Plain autodiff: one loss call on the logits, which are reused (one forward pass).
         let (_, _, logits) = value_grad_logits(&model, &xs, &loss)?;
-        assert_eq!(logits.to_vec2::<f32>()?, want);
+        assert_eq!(logits.host_vec2::<f32>()?, want);
         assert_eq!(model.calls.get(), 1);
         // EOT: three loss calls, so the model is asked for its logits again.
         let eot = crate::eot::Eot::new(&model, 3)?;
         model.calls.set(0);
         let (_, _, logits) = value_grad_logits(&eot, &xs, &loss)?;
-        assert_eq!(logits.to_vec2::<f32>()?, want);
+        assert_eq!(logits.host_vec2::<f32>()?, want);
         assert!(model.calls.get() > 3, "{} calls", model.calls.get());
         Ok(())
     }
 
     #[test]
     fn row_selection_helpers() {
-        let full = Tensor::new(&[[0f32], [1.0], [2.0]], &Device::Cpu).unwrap();
-        let sub = Tensor::new(&[[9f32], [8.0]], &Device::Cpu).unwrap();
+        let full = host::new(&[[0f32], [1.0], [2.0]], &Device::Cpu).unwrap();
+        let sub = host::new(&[[9f32], [8.0]], &Device::Cpu).unwrap();
         let out = put_rows(&full, &sub, &[2, 0])
             .unwrap()
-            .to_vec2::<f32>()
+            .host_vec2::<f32>()
             .unwrap();
         assert_eq!(out, vec![vec![8.0], vec![1.0], vec![9.0]]);
         assert_eq!(
-            take_rows(&full, &[2, 1]).unwrap().to_vec2::<f32>().unwrap(),
+            take_rows(&full, &[2, 1])
+                .unwrap()
+                .host_vec2::<f32>()
+                .unwrap(),
             vec![vec![2.0], vec![1.0]]
         );
         let w = where_rows(&[true, false, true], &full, &full.zeros_like().unwrap()).unwrap();
         assert_eq!(
-            w.to_vec2::<f32>().unwrap(),
+            w.host_vec2::<f32>().unwrap(),
             vec![vec![0.0], vec![0.0], vec![2.0]]
         );
     }

@@ -1,9 +1,9 @@
 //! Same seed, same result; a sample's result does not depend on its batch.
 mod common;
 
-use candle_core::Tensor;
 use common::{inputs, labels, rows_of, Linear};
 use eabs_attacks::*;
+use eabs_core::host;
 
 fn close(a: &[Vec<f32>], b: &[Vec<f32>]) {
     for (r, s) in a.iter().zip(b) {
@@ -24,7 +24,7 @@ fn split_check<A: FixedEpsilonAttack<Linear>>(attack: &A, eps: f64) -> Result<()
     let order = [5usize, 4, 3, 2, 1, 0];
     let mut parts = Vec::new();
     for chunk in order.chunks(3) {
-        let ids = Tensor::new(
+        let ids = host::new(
             chunk
                 .iter()
                 .map(|&i| i as u32)

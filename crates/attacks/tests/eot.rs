@@ -9,6 +9,7 @@
 //! (p = 0.7^5 = 0.17), a drift of +0.66 per step.
 mod common;
 
+use eabs_core::host::{self, HostRead};
 use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
@@ -42,7 +43,7 @@ impl Classifier for Randomised {
                 .map(|_| rng.random_range(-1e-3f32..1e-3))
                 .collect()
         };
-        &l + Tensor::from_vec(noise, l.dims(), l.device())?
+        &l + host::from_vec(noise, l.dims(), l.device())?
     }
     fn is_stochastic(&self) -> bool {
         true
@@ -63,7 +64,7 @@ impl Differentiable for Randomised {
                 .map(|_| if rng.random::<f64>() < 0.7 { -1.0 } else { 5.0 })
                 .collect()
         };
-        let f = Tensor::from_vec(factors, (b, 1), xs.device())?;
+        let f = host::from_vec(factors, (b, 1), xs.device())?;
         Ok((v, g.broadcast_mul(&f)?))
     }
 }
@@ -119,8 +120,8 @@ fn eot_of_a_deterministic_model_is_the_model() -> Result<()> {
     let (xs, rows) = inputs(4, 6, 0.0, 1.0, 2);
     let crit = Criterion::misclassification(labels(&inner, &rows));
     let eot = Eot::new(&inner, 3)?;
-    let a = inner.logits(&xs)?.to_vec2::<f32>()?;
-    let b = eot.logits(&xs)?.to_vec2::<f32>()?;
+    let a = inner.logits(&xs)?.host_vec2::<f32>()?;
+    let b = eot.logits(&xs)?.host_vec2::<f32>()?;
     for (r, s) in a.iter().zip(&b) {
         for (x, y) in r.iter().zip(s) {
             assert!((x - y).abs() < 1e-5);
@@ -129,7 +130,7 @@ fn eot_of_a_deterministic_model_is_the_model() -> Result<()> {
     let loss = Loss::CrossEntropy.function(&crit, 3, candle_core::DType::F32, &Device::Cpu)?;
     let (_, g1) = inner.value_and_grad(&xs, &*loss)?;
     let (_, g2) = eot.value_and_grad(&xs, &*loss)?;
-    let diff = (g1 - g2)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let diff = (g1 - g2)?.abs()?.max_all()?.host_scalar::<f32>()?;
     assert!(diff < 1e-5);
     assert!(Eot::new(&inner, 0).is_err());
     Ok(())
@@ -217,7 +218,7 @@ fn deepfool_and_eot_share_one_pass_among_candidate_gradients() -> Result<()> {
     let diff = (both[1].1.clone() - g2)?
         .abs()?
         .max_all()?
-        .to_scalar::<f32>()?;
+        .host_scalar::<f32>()?;
     assert!(diff < 1e-6);
     Ok(())
 }

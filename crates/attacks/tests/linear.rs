@@ -4,6 +4,7 @@ mod common;
 
 use common::{inputs, labels, Linear};
 use eabs_attacks::*;
+use eabs_core::host::{self, HostRead};
 
 fn model_and_data(k: usize, seed: u64) -> (Linear, candle_core::Tensor, Vec<Vec<f32>>, Criterion) {
     let model = Linear::random(12, k, seed);
@@ -296,11 +297,11 @@ fn estimated_gradient_approximates_the_true_gradient() -> Result<()> {
         },
     )?;
     let (v_est, g_est) = est.value_and_grad(&xs, &*loss)?;
-    assert_eq!(v_true.to_vec1::<f32>()?, v_est.to_vec1::<f32>()?);
+    assert_eq!(v_true.host_vec1::<f32>()?, v_est.host_vec1::<f32>()?);
     // Cosine similarity per sample: NES with 1000 pairs in 12 dimensions is accurate.
-    let dot = (&g_true * &g_est)?.sum(1)?.to_vec1::<f32>()?;
-    let n1 = g_true.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
-    let n2 = g_est.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
+    let dot = (&g_true * &g_est)?.sum(1)?.host_vec1::<f32>()?;
+    let n1 = g_true.sqr()?.sum(1)?.sqrt()?.host_vec1::<f32>()?;
+    let n2 = g_est.sqr()?.sum(1)?.sqrt()?.host_vec1::<f32>()?;
     for i in 0..dot.len() {
         let cos = dot[i] / (n1[i] * n2[i]);
         assert!(cos > 0.95, "sample {i}: cosine {cos}");
@@ -328,11 +329,7 @@ impl NoisyLinear {
                 rand_chacha::ChaCha8Rng::seed_from_u64(call * 1_000_003 + (r % period) as u64);
             v.extend((0..k).map(|_| -> f32 { rand_distr::StandardNormal.sample(&mut rng) }));
         }
-        Ok(candle_core::Tensor::from_vec(
-            v,
-            (rows, k),
-            &candle_core::Device::Cpu,
-        )?)
+        Ok(host::from_vec(v, (rows, k), &candle_core::Device::Cpu)?)
     }
 }
 
@@ -394,9 +391,9 @@ fn common_random_numbers_keep_the_estimate_of_a_noisy_model() -> Result<()> {
             },
         )?;
         let (_, g) = est.value_and_grad(&xs, &*loss)?;
-        let dot = (&g_true * &g)?.sum(1)?.to_vec1::<f32>()?;
-        let n1 = g_true.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
-        let n2 = g.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
+        let dot = (&g_true * &g)?.sum(1)?.host_vec1::<f32>()?;
+        let n1 = g_true.sqr()?.sum(1)?.sqrt()?.host_vec1::<f32>()?;
+        let n2 = g.sqr()?.sum(1)?.sqrt()?.host_vec1::<f32>()?;
         Ok((0..dot.len()).map(|i| dot[i] / (n1[i] * n2[i])).collect())
     };
     let with = cosines(true)?;
@@ -473,8 +470,8 @@ fn minimisation_results_are_clipped_per_epsilon() -> Result<()> {
     assert!(outs[0].distances.iter().all(|&d| d <= small * (1.0 + 1e-5)));
     assert!(outs[1].success.iter().all(|&s| s));
     assert_eq!(
-        outs[0].raw.to_vec2::<f32>()?,
-        outs[1].raw.to_vec2::<f32>()?,
+        outs[0].raw.host_vec2::<f32>()?,
+        outs[1].raw.host_vec2::<f32>()?,
         "one run, clipped twice"
     );
     Ok(())

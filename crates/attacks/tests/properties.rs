@@ -4,6 +4,7 @@ mod common;
 
 use common::{inputs, labels, Linear};
 use eabs_attacks::*;
+use eabs_core::host::HostRead;
 use proptest::prelude::*;
 
 fn check(out: &Outcome, model: &Linear, xs: &candle_core::Tensor, crit: &Criterion, norm: Norm) {
@@ -15,8 +16,8 @@ fn check(out: &Outcome, model: &Linear, xs: &candle_core::Tensor, crit: &Criteri
             out.epsilon
         );
     }
-    let lo = out.clipped.min_all().unwrap().to_scalar::<f32>().unwrap();
-    let hi = out.clipped.max_all().unwrap().to_scalar::<f32>().unwrap();
+    let lo = out.clipped.min_all().unwrap().host_scalar::<f32>().unwrap();
+    let hi = out.clipped.max_all().unwrap().host_scalar::<f32>().unwrap();
     assert!(lo >= 0.0 && hi <= 1.0);
     assert_eq!(
         out.success,

@@ -377,6 +377,7 @@ impl Default for Adam {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{self, HostRead};
     use candle_core::{DType, Device};
 
     /// Betas 0.5 and 0.75, eps 2: every quantity of the first two steps is a short fraction.
@@ -397,15 +398,15 @@ mod tests {
         for placement in [LrPlacement::InBiasCorrection, LrPlacement::AfterDivision] {
             let cfg = AdamConfig::new(0.9, 0.999, 1e-8, placement);
             let init = [0.3f32, -1.2, 2.5, 0.0];
-            let mut p = Tensor::new(&init, &Device::Cpu)?;
+            let mut p = host::new(&init, &Device::Cpu)?;
             let mut tensor_adam = TensorAdam::new(cfg, 0.05, &p)?;
             let mut s = init.to_vec();
             let mut slice_adam = SliceAdam::new(cfg, 0.05, 4);
             for step in 0..30 {
                 let g: Vec<f32> = s.iter().map(|x| 2.0 * x - 0.1 * step as f32).collect();
-                p = tensor_adam.step(&p, &Tensor::new(g.as_slice(), &Device::Cpu)?)?;
+                p = tensor_adam.step(&p, &host::new(g.as_slice(), &Device::Cpu)?)?;
                 slice_adam.step(&mut s, &g)?;
-                let want = p.to_vec1::<f32>()?;
+                let want = p.host_vec1::<f32>()?;
                 for (a, b) in s.iter().zip(&want) {
                     assert!(
                         (a - b).abs() <= 1e-6 * b.abs().max(1.0),
@@ -425,11 +426,11 @@ mod tests {
     fn two_steps_match_the_hand_computation() -> Result<()> {
         for placement in [LrPlacement::InBiasCorrection, LrPlacement::AfterDivision] {
             // One tensor.
-            let mut p = Tensor::new(&[1f64], &Device::Cpu)?;
+            let mut p = host::new(&[1f64], &Device::Cpu)?;
             let mut adam = TensorAdam::new(fractions(placement), 0.5, &p)?;
             for (g, want) in [2.0, -2.0].into_iter().zip(TWO_STEPS) {
-                p = adam.step(&p, &Tensor::new(&[g], &Device::Cpu)?)?;
-                let got = p.to_vec1::<f64>()?[0];
+                p = adam.step(&p, &host::new(&[g], &Device::Cpu)?)?;
+                let got = p.host_vec1::<f64>()?[0];
                 assert!((got - want).abs() < 1e-12, "{placement:?}: {got} != {want}");
             }
             assert_eq!(adam.n_steps(), 2);
@@ -439,7 +440,7 @@ mod tests {
             for (g, want) in [2.0, -2.0].into_iter().zip(TWO_STEPS) {
                 let grads = (var.as_tensor() * g)?.sum_all()?.backward()?;
                 adam.step(&grads, &[("p".into(), var.clone())], 0.5)?;
-                let got = var.as_tensor().to_vec1::<f64>()?[0];
+                let got = var.as_tensor().host_vec1::<f64>()?[0];
                 assert!((got - want).abs() < 1e-12, "{placement:?}: {got} != {want}");
             }
             assert_eq!(adam.step, 2);
@@ -451,19 +452,19 @@ mod tests {
     fn first_step_moves_by_lr_against_the_gradient_sign() -> Result<()> {
         // After one step m_hat = g and v_hat = g^2, so the update is lr * g / (|g| + eps).
         for placement in [LrPlacement::InBiasCorrection, LrPlacement::AfterDivision] {
-            let p = Tensor::new(&[1f32, -2.0, 0.5], &Device::Cpu)?;
-            let g = Tensor::new(&[4f32, -0.5, 0.0], &Device::Cpu)?;
+            let p = host::new(&[1f32, -2.0, 0.5], &Device::Cpu)?;
+            let g = host::new(&[4f32, -0.5, 0.0], &Device::Cpu)?;
             let config = AdamConfig::new(0.9, 0.999, 1e-8, placement);
             let p1 = TensorAdam::new(config, 0.1, &p)?
                 .step(&p, &g)?
-                .to_vec1::<f32>()?;
+                .host_vec1::<f32>()?;
             assert!((p1[0] - 0.9).abs() < 1e-6 && (p1[1] + 1.9).abs() < 1e-6 && p1[2] == 0.5);
         }
         let p = Var::new(&[1.0f32, -2.0], &Device::Cpu)?;
         let grads = (p.as_tensor() * 3.0)?.sum_all()?.backward()?; // gradient (3, 3)
         let mut adam = Adam::new();
         adam.step(&grads, &[("p".into(), p.clone())], 0.1)?;
-        let got = p.as_tensor().to_vec1::<f32>()?;
+        let got = p.as_tensor().host_vec1::<f32>()?;
         assert!(
             (got[0] - 0.9).abs() < 1e-6 && (got[1] + 2.1).abs() < 1e-6,
             "{got:?}"
@@ -475,14 +476,14 @@ mod tests {
     #[test]
     fn minimises_a_quadratic() -> Result<()> {
         // f(p) = sum (p - 3)^2, gradient 2 (p - 3).
-        let mut p = Tensor::new(&[0f32, 10.0], &Device::Cpu)?;
+        let mut p = host::new(&[0f32, 10.0], &Device::Cpu)?;
         let config = AdamConfig::new(0.9, 0.999, 1e-8, LrPlacement::AfterDivision);
         let mut adam = TensorAdam::new(config, 0.1, &p)?;
         for _ in 0..500 {
             let g = ((&p - 3.0)? * 2.0)?;
             p = adam.step(&p, &g)?;
         }
-        for v in p.to_vec1::<f32>()? {
+        for v in p.host_vec1::<f32>()? {
             assert!((v - 3.0).abs() < 1e-2, "{v}");
         }
         Ok(())
@@ -493,7 +494,7 @@ mod tests {
         let bits = |t: &Tensor| -> Result<Vec<u64>> {
             Ok(t.to_dtype(DType::F64)?
                 .flatten_all()?
-                .to_vec1::<f64>()?
+                .host_vec1::<f64>()?
                 .iter()
                 .map(|v| v.to_bits())
                 .collect())
@@ -512,11 +513,11 @@ mod tests {
 
     #[test]
     fn lazy_moments_equal_zero_moments_bit_for_bit() -> Result<()> {
-        let p0 = Tensor::new(&[0.3f32, -1.7, 0.0, 2.5], &Device::Cpu)?;
+        let p0 = host::new(&[0.3f32, -1.7, 0.0, 2.5], &Device::Cpu)?;
         let gs = [
-            Tensor::new(&[0.1f32, -3.0, 0.0, 1e-30], &Device::Cpu)?,
-            Tensor::new(&[-0.7f32, 2.0, 0.5, -1e-30], &Device::Cpu)?,
-            Tensor::new(&[0.0f32, 0.25, -0.5, 4.0], &Device::Cpu)?,
+            host::new(&[0.1f32, -3.0, 0.0, 1e-30], &Device::Cpu)?,
+            host::new(&[-0.7f32, 2.0, 0.5, -1e-30], &Device::Cpu)?,
+            host::new(&[0.0f32, 0.25, -0.5, 4.0], &Device::Cpu)?,
         ];
         for placement in [LrPlacement::InBiasCorrection, LrPlacement::AfterDivision] {
             let [single, group] =
@@ -539,8 +540,8 @@ mod tests {
         assert_eq!((1.0f64 - 0.9) as f32, 0.1f32);
         assert_eq!((1.0f64 - 0.999) as f32, 0.001f32);
         assert_ne!(1.0f64 - 0.9, 0.1f64);
-        let p32 = Tensor::new(&[0.3f32, -1.7, 2.5], &Device::Cpu)?;
-        let g32 = [Tensor::new(&[0.1f32, -3.0, 1.5], &Device::Cpu)?];
+        let p32 = host::new(&[0.3f32, -1.7, 2.5], &Device::Cpu)?;
+        let g32 = [host::new(&[0.1f32, -3.0, 1.5], &Device::Cpu)?];
         assert_eq!(
             both_kinds(computed, &p32, &g32)?,
             both_kinds(literal, &p32, &g32)?
@@ -570,7 +571,7 @@ mod tests {
                 let grads = (var.as_tensor() * f64::from(*g))?.sum_all()?.backward()?;
                 adam.step(&grads, &[("w".into(), var.clone())], 1e-2)?;
             }
-            var.as_tensor().to_vec1::<f32>()
+            var.as_tensor().host_vec1::<f32>()
         };
         assert_eq!(run(None)?, run(Some(2))?);
         Ok(())

@@ -11,7 +11,10 @@
 #![warn(missing_docs)]
 
 pub mod adam;
+pub mod host;
+pub mod seeding;
 
+use crate::host::HostRead;
 use candle_core::{Device, Result, Tensor, Var};
 
 /// Closed interval that every input value must lie in, e.g. `[0, 1]` for images.
@@ -50,11 +53,11 @@ impl Bounds {
         let lo = xs
             .min_all()?
             .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+            .host_scalar::<f64>()?;
         let hi = xs
             .max_all()?
             .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+            .host_scalar::<f64>()?;
         if lo < self.min - tol || hi > self.max + tol {
             candle_core::bail!(
                 "inputs lie in [{lo}, {hi}], outside the model bounds [{}, {}]",
@@ -103,6 +106,14 @@ pub trait Classifier {
         let _ = blocks;
         self.logits(xs)
     }
+
+    /// Starts a new unit of work: the evaluation of one batch under one attack row. A
+    /// randomised model whose noise is keyed by each input's content and how often that
+    /// content was seen (E-ABS's [`AbsClassifier`](../eabs_inference/struct.AbsClassifier.html))
+    /// forgets those counts, so a sample's draws depend only on the calls made on it within its
+    /// unit: not on its batch, on what ran before, on a resume or on a shard split. Evaluation
+    /// loops call it before each batch; the default does nothing.
+    fn begin_unit(&self) {}
 }
 
 impl<T: Classifier + ?Sized> Classifier for &T {
@@ -123,6 +134,9 @@ impl<T: Classifier + ?Sized> Classifier for &T {
     }
     fn logits_common_noise(&self, xs: &Tensor, blocks: usize) -> Result<Tensor> {
         (**self).logits_common_noise(xs, blocks)
+    }
+    fn begin_unit(&self) {
+        (**self).begin_unit()
     }
 }
 
@@ -182,6 +196,7 @@ impl<T: Differentiable + ?Sized> Differentiable for &T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host;
     use candle_core::DType;
 
     /// logits = xs @ w for a 2-feature, 2-class linear model.
@@ -210,18 +225,24 @@ mod tests {
     fn default_gradient_is_autodiff_on_the_input() -> Result<()> {
         let device = Device::Cpu;
         // w = [[1, 2], [3, 4]]; loss = logit_0 = x0 + 3 x1, so d loss / dx = (1, 3) for every row.
-        let w = Tensor::new(&[[1f32, 2.], [3., 4.]], &device)?;
+        let w = host::new(&[[1f32, 2.], [3., 4.]], &device)?;
         let model = Linear {
             w,
             device: device.clone(),
         };
-        let xs = Tensor::new(&[[0.5f32, 0.25], [0.0, 1.0]], &device)?;
+        let xs = host::new(&[[0.5f32, 0.25], [0.0, 1.0]], &device)?;
         let loss = |l: &Tensor| l.narrow(1, 0, 1)?.squeeze(1);
         let (value, grad) = model.value_and_grad(&xs, &loss)?;
-        assert_eq!(value.to_vec1::<f32>()?, vec![1.25, 3.0]);
-        assert_eq!(grad.to_vec2::<f32>()?, vec![vec![1.0, 3.0], vec![1.0, 3.0]]);
+        assert_eq!(value.host_vec1::<f32>()?, vec![1.25, 3.0]);
         assert_eq!(
-            model.predict(&xs)?.to_dtype(DType::U32)?.to_vec1::<u32>()?,
+            grad.host_vec2::<f32>()?,
+            vec![vec![1.0, 3.0], vec![1.0, 3.0]]
+        );
+        assert_eq!(
+            model
+                .predict(&xs)?
+                .to_dtype(DType::U32)?
+                .host_vec1::<u32>()?,
             vec![1, 1]
         );
         Ok(())
@@ -230,19 +251,19 @@ mod tests {
     #[test]
     fn several_losses_default_to_one_call_each() -> Result<()> {
         let device = Device::Cpu;
-        let w = Tensor::new(&[[1f32, 2.], [3., 4.]], &device)?;
+        let w = host::new(&[[1f32, 2.], [3., 4.]], &device)?;
         let model = Linear {
             w,
             device: device.clone(),
         };
-        let xs = Tensor::new(&[[0.5f32, 0.25]], &device)?;
+        let xs = host::new(&[[0.5f32, 0.25]], &device)?;
         let first = |l: &Tensor| l.narrow(1, 0, 1)?.squeeze(1);
         let second = |l: &Tensor| l.narrow(1, 1, 1)?.squeeze(1);
         let out = model.values_and_grads(&xs, &[&first, &second])?;
         // logit_1 = 2 x0 + 4 x1: gradient (2, 4).
-        assert_eq!(out[1].0.to_vec1::<f32>()?, vec![2.0]);
-        assert_eq!(out[1].1.to_vec2::<f32>()?, vec![vec![2.0, 4.0]]);
-        assert_eq!(out[0].1.to_vec2::<f32>()?, vec![vec![1.0, 3.0]]);
+        assert_eq!(out[1].0.host_vec1::<f32>()?, vec![2.0]);
+        assert_eq!(out[1].1.host_vec2::<f32>()?, vec![vec![2.0, 4.0]]);
+        assert_eq!(out[0].1.host_vec2::<f32>()?, vec![vec![1.0, 3.0]]);
         Ok(())
     }
 
@@ -250,9 +271,9 @@ mod tests {
     fn bounds_validate_and_check() -> Result<()> {
         assert!(Bounds::new(1.0, 0.0).is_err());
         assert!(Bounds::new(0.0, f64::NAN).is_err());
-        let xs = Tensor::new(&[0.0f32, 1.5], &Device::Cpu)?;
+        let xs = host::new(&[0.0f32, 1.5], &Device::Cpu)?;
         assert!(Bounds::UNIT.check(&xs, 1e-6).is_err());
-        assert_eq!(Bounds::UNIT.clip(&xs)?.to_vec1::<f32>()?, vec![0.0, 1.0]);
+        assert_eq!(Bounds::UNIT.clip(&xs)?.host_vec1::<f32>()?, vec![0.0, 1.0]);
         Ok(())
     }
 }

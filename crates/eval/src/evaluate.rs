@@ -37,6 +37,19 @@ impl Record for SampleRecord {
 /// What an attack returns for a batch: per epsilon, per sample, (robust, distance).
 pub type BatchResult = Vec<Vec<(bool, f64)>>;
 
+/// Which samples of the subset an [`evaluate_covering`] call computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Coverage {
+    /// Every sample the journal lacks.
+    #[default]
+    All,
+    /// Only the samples of this shard (the others are neither computed nor returned).
+    Shard(crate::shard::Shard),
+    /// None: the journal must hold every sample already (a merge of shards renders from
+    /// journals only, and names any sample a shard failed to deliver).
+    JournaledOnly,
+}
+
 /// Evaluates `subset` (test indices) in batches, resuming from the journal at `journal_path`.
 /// `attack` receives the images `(b, c, h, w)` in [0, 1], the labels and returns one row per
 /// epsilon (`n_eps` of them). Returns the records of all samples, in subset order.
@@ -53,6 +66,44 @@ pub fn evaluate(
     device: &Device,
     attack: &mut dyn FnMut(&Tensor, &[u32]) -> Result<BatchResult>,
 ) -> Result<Vec<SampleRecord>> {
+    evaluate_covering(
+        journal_path,
+        settings,
+        resume,
+        label,
+        test,
+        subset,
+        n_eps,
+        batch_size,
+        device,
+        Coverage::All,
+        attack,
+    )
+}
+
+/// [`evaluate`] of the samples `coverage` names. With [`Coverage::Shard`] it returns the
+/// shard's records only (in subset order).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_covering(
+    journal_path: &Path,
+    settings: &serde_json::Value,
+    resume: ResumePolicy,
+    label: &str,
+    test: &Dataset,
+    subset: &[usize],
+    n_eps: usize,
+    batch_size: usize,
+    device: &Device,
+    coverage: Coverage,
+    attack: &mut dyn FnMut(&Tensor, &[u32]) -> Result<BatchResult>,
+) -> Result<Vec<SampleRecord>> {
+    if coverage == Coverage::JournaledOnly && !settings_path(journal_path).exists() {
+        bail!(
+            "{label}: no journal {} to render from: no shard ran this row (were the shards run \
+             with the same target, preset and flags?)",
+            journal_path.display()
+        );
+    }
     check_settings(journal_path, settings, resume)?;
     let mut journal = Journal::<SampleRecord>::open(journal_path)?;
     for r in journal.records() {
@@ -67,9 +118,23 @@ pub fn evaluate(
             );
         }
     }
+    let owned = |s: usize| match coverage {
+        Coverage::Shard(shard) => shard.owns(s),
+        Coverage::All | Coverage::JournaledOnly => true,
+    };
     let todo: Vec<usize> = (0..subset.len())
-        .filter(|&s| !journal.contains(s))
+        .filter(|&s| owned(s) && !journal.contains(s))
         .collect();
+    if coverage == Coverage::JournaledOnly && !todo.is_empty() {
+        bail!(
+            "{label}: journal {} lacks {} of {} samples (first: sample {}), so the shards did not \
+             cover this row; rerun the shards that own them",
+            journal_path.display(),
+            todo.len(),
+            subset.len(),
+            todo[0]
+        );
+    }
     let bar = progress_bar(label, subset.len() as u64, journal.len() as u64);
     for chunk in todo.chunks(batch_size.max(1)) {
         let idx: Vec<usize> = chunk.iter().map(|&s| subset[s]).collect();
@@ -104,7 +169,11 @@ pub fn evaluate(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    Ok(journal.records().cloned().collect())
+    Ok(journal
+        .records()
+        .filter(|r| r.sample < subset.len() && owned(r.sample))
+        .cloned()
+        .collect())
 }
 
 /// What [`evaluate`] does with a journal whose saved inputs differ from this evaluation's.

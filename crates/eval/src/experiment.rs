@@ -34,7 +34,7 @@ use eabs_inference::LatentInference;
 use eabs_models::ModelKind;
 use std::path::{Path, PathBuf};
 
-use crate::evaluate::{evaluate, select_subset, BatchResult, SampleRecord};
+use crate::evaluate::{evaluate_covering, select_subset, BatchResult, Coverage, SampleRecord};
 use crate::lock::DirLock;
 use crate::preset::{train_config, EvalSizes};
 use crate::provenance::{git_revision, unix_time, Provenance, Timer};
@@ -55,8 +55,11 @@ pub struct Experiment<'r> {
     pub device: Device,
     /// `<out>/<id>/<preset>/`.
     pub out_dir: PathBuf,
-    /// `<out_dir>/journal/seed<S>/`: one folder of journals per model column.
+    /// `<out_dir>/journal/seed<S>/`: one folder of journals per model column (for shard `I`
+    /// of `N`, `<out_dir>/shards/shard-I-of-N/journal/seed<S>/`).
     pub journal_root: PathBuf,
+    /// The shard's folder when this run is one shard of a sharded run ([`crate::shard`]).
+    pub shard_dir: Option<PathBuf>,
     /// Stage wall times (resumable: a resumed run reports every invocation's time).
     pub timer: Timer,
     /// Training split (for models trained on demand).
@@ -168,6 +171,20 @@ pub fn verdict_settings(column: &ModelColumn, sizes: &EvalSizes) -> Option<serde
         .then(|| serde_json::json!({ "majority_of_draws": sizes.verdict_draws }))
 }
 
+/// How a randomised model's inference draws its noise, recorded in the settings of every
+/// journal of a randomised column: journals written under the earlier rule (a call counter and
+/// the image's position in its batch, which made a sample's result depend on its batch) do not
+/// resume under this one.
+pub const INFERENCE_NOISE: &str =
+    "per image, keyed by its content and its occurrences in the unit (batch of a row)";
+
+/// Adds [`INFERENCE_NOISE`] to `settings` (an object) when `stochastic`.
+pub fn bind_inference_noise(settings: &mut serde_json::Value, stochastic: bool) {
+    if let (true, Some(map)) = (stochastic, settings.as_object_mut()) {
+        map.insert("inference_noise".into(), INFERENCE_NOISE.into());
+    }
+}
+
 /// The full inference configuration of an evaluated model (null for CNNs), for fingerprints
 /// and `config.json`.
 pub fn inference_settings(e: &Evaluated) -> Result<serde_json::Value> {
@@ -206,8 +223,38 @@ impl<'r> Experiment<'r> {
         let commit = git_revision(Path::new("."));
         let device = run.device.device()?;
         let out_dir = run.out.join(id).join(run.preset.as_str());
-        let lock = DirLock::acquire(&out_dir, "results folder")?;
-        let journal_root = out_dir.join("journal").join(format!("seed{}", run.seed));
+        let seed_dir = format!("seed{}", run.seed);
+        // A shard locks and writes its own folder only, so shards run side by side.
+        let shard_dir = run.shard.map(|s| s.dir(&out_dir));
+        let lock = match &shard_dir {
+            Some(dir) => DirLock::acquire(dir, "shard folder")?,
+            None => DirLock::acquire(&out_dir, "results folder")?,
+        };
+        let journal_root = shard_dir
+            .as_deref()
+            .unwrap_or(&out_dir)
+            .join("journal")
+            .join(&seed_dir);
+        if let Some(count) = run.merge {
+            let expect = crate::shard::ShardManifest {
+                target: id.to_string(),
+                preset: run.preset.as_str().into(),
+                seed: run.seed,
+                n_samples,
+                shard: crate::shard::Shard::new(0, count)?,
+                commit: String::new(),
+                finished_unix: 0,
+                journals: Default::default(),
+            };
+            let summary = crate::shard::gather(&out_dir, &journal_root, &expect, count)?;
+            tracing::info!(
+                shards = summary.shards,
+                journals_written = summary.written,
+                journals_unchanged = summary.unchanged,
+                records = summary.records,
+                "gathered the shards' journals"
+            );
+        }
         let mut timer = if resumable_stages {
             Timer::resumable(&journal_root.join("stages.jsonl"), &commit)?
         } else {
@@ -231,6 +278,7 @@ impl<'r> Experiment<'r> {
             device,
             out_dir,
             journal_root,
+            shard_dir,
             timer,
             train,
             val,
@@ -295,6 +343,8 @@ impl<'r> Experiment<'r> {
             "inference_sizes": { "n_candidates": sizes.n_candidates, "n_adam_steps": sizes.n_adam_steps },
             "seed": self.run.seed,
         });
+        let mut settings = settings;
+        bind_inference_noise(&mut settings, evaluated.classifier().is_stochastic());
         Ok(ModelColumn {
             name: name.to_string(),
             kind: Some(kind),
@@ -328,6 +378,7 @@ impl<'r> Experiment<'r> {
         if let (Some(name), Some(map)) = (table5_column, settings.as_object_mut()) {
             map.insert("column".into(), name.into());
         }
+        bind_inference_noise(&mut settings, column.is_stochastic());
         column.settings = settings;
         Ok(())
     }
@@ -373,11 +424,54 @@ impl<'r> Experiment<'r> {
         let resume = self.run.resume;
         let n = n.min(self.subset.len());
         let (test, subset, device) = (&self.test, &self.subset[..n], &self.device);
-        self.timer.stage(label, || {
-            evaluate(
-                &journal, settings, resume, label, test, subset, n_eps, batch_size, device, attack,
+        let coverage = self.run.coverage();
+        let records = self.timer.stage(label, || {
+            evaluate_covering(
+                &journal, settings, resume, label, test, subset, n_eps, batch_size, device,
+                coverage, attack,
             )
+        })?;
+        Ok(match coverage {
+            // A shard returns full-length results so that the targets' bookkeeping runs as
+            // unsharded; the other shards' samples read as not robust. A shard renders
+            // nothing: only its journals count ([`crate::shard`]).
+            Coverage::Shard(_) => {
+                let mut by_sample: std::collections::BTreeMap<usize, SampleRecord> =
+                    records.into_iter().map(|r| (r.sample, r)).collect();
+                (0..n)
+                    .map(|s| {
+                        by_sample.remove(&s).unwrap_or_else(|| SampleRecord {
+                            sample: s,
+                            test_index: subset[s],
+                            label: self.test.labels[subset[s]] as u32,
+                            robust: vec![false; n_eps],
+                            distance: vec![0.0; n_eps],
+                        })
+                    })
+                    .collect()
+            }
+            Coverage::All | Coverage::JournaledOnly => records,
         })
+    }
+
+    /// Ends a shard's run: writes its manifest ([`crate::shard::ShardManifest`]), which a merge
+    /// requires, and returns the shard's folder. Errors unless this run is a shard.
+    pub fn finish_shard(self) -> Result<PathBuf> {
+        let (Some(shard), Some(dir)) = (self.run.shard, self.shard_dir.clone()) else {
+            anyhow::bail!("finish_shard: this run is not a shard");
+        };
+        let manifest = crate::shard::ShardManifest {
+            target: self.id.clone(),
+            preset: self.run.preset.as_str().into(),
+            seed: self.run.seed,
+            n_samples: self.subset.len(),
+            shard,
+            commit: self.commit.clone(),
+            finished_unix: unix_time(),
+            journals: Default::default(),
+        };
+        crate::shard::write_manifest(&dir, &self.journal_root, manifest)?;
+        Ok(dir)
     }
 
     /// The clean row of `column`: per sample of the subset, whether it is classified correctly

@@ -21,10 +21,14 @@
 //!   McNemar's test (on [`eabs_stats::AttackTypeReport`]), where every number came from, and a
 //!   check that a results folder is complete and self-consistent.
 //! * [`targets`]: the paper's tables and figures as experiments.
+//! * [`device_check`]: `cargo xtask gpu-check`, the CPU against another device (or the CPU's own
+//!   stock-op path) on every layer, a training step, an inference batch and a PGD step, and
+//!   timings at the paper's sizes.
 //!
 //! No command-line parsing and no plotting: `xtask` parses flags into a [`RunSpec`], calls into
 //! this crate, and draws the figures.
 
+pub mod device_check;
 pub mod evaluate;
 pub mod experiment;
 pub mod journal;
@@ -35,6 +39,7 @@ pub mod preset;
 pub mod provenance;
 pub mod report;
 pub mod seeds;
+pub mod shard;
 pub mod suite;
 pub mod targets;
 pub mod verify;
@@ -43,10 +48,13 @@ pub mod zoo;
 
 pub use eabs_attacks::Norm;
 pub use eabs_datasets::DatasetKind;
-pub use evaluate::{evaluate, select_subset, BatchResult, ResumePolicy, SampleRecord};
+pub use evaluate::{
+    evaluate, evaluate_covering, select_subset, BatchResult, Coverage, ResumePolicy, SampleRecord,
+};
 pub use experiment::{Experiment, ModelColumn};
 pub use preset::{EvalSizes, Preset};
 pub use report::{Outcomes, TableReport};
+pub use shard::Shard;
 pub use suite::{AttackKind, AttackRow, RowKey, ATTACK_ROWS, BEYOND_ROWS};
 
 use anyhow::{bail, Result};
@@ -120,6 +128,14 @@ pub struct RunSpec {
     pub dataset: Option<DatasetKind>,
     /// The command line, for provenance.
     pub command: String,
+    /// Evaluate only this shard's samples, into the shard's own journals, training nothing
+    /// ([`shard`]).
+    pub shard: Option<Shard>,
+    /// Gather this many finished shards into the results folder and render from their
+    /// journals, computing nothing ([`shard::gather`]).
+    pub merge: Option<usize>,
+    /// Obtain (train) every model of the target and stop: the training stage of a sharded run.
+    pub train_only: bool,
 }
 
 impl RunSpec {
@@ -140,7 +156,29 @@ impl RunSpec {
             resume: ResumePolicy::Refuse,
             dataset: None,
             command: String::new(),
+            shard: None,
+            merge: None,
+            train_only: false,
         }
+    }
+
+    /// Which samples this run's evaluations compute.
+    pub fn coverage(&self) -> Coverage {
+        match (self.shard, self.merge) {
+            (Some(shard), _) => Coverage::Shard(shard),
+            (None, Some(_)) => Coverage::JournaledOnly,
+            (None, None) => Coverage::All,
+        }
+    }
+
+    /// Refuses the sharding flags for targets that do not support them (`what` names them).
+    pub fn refuse_sharding(&self, what: &str) -> Result<()> {
+        if self.shard.is_some() || self.merge.is_some() || self.train_only {
+            bail!(
+                "--shard, --merge and --train-only apply to tables 1-4 (the long runs), not to {what}"
+            );
+        }
+        Ok(())
     }
 
     /// Where this run's models of `family` come from.
@@ -152,7 +190,9 @@ impl RunSpec {
             self.preset,
             self.seed,
         );
-        store.train = self.train;
+        // Shards and merges never train: a shard could otherwise train a model another shard
+        // is training, and the merge renders what the shards evaluated.
+        store.train = self.train && self.shard.is_none() && self.merge.is_none();
         store
     }
 

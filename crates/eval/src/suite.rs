@@ -554,6 +554,8 @@ pub fn run_row_at(
     seed: u64,
     eps: f64,
 ) -> Result<BatchResult> {
+    // A batch of a row is one unit of the models' keyed noise (`Classifier::begin_unit`).
+    model.begin_unit();
     let c = Criterion::misclassification(labels.to_vec());
     let norm = row.norm;
     let outcomes: Vec<(Outcome, bool)> = with_eot(model, sizes.eot_samples, |m| {
@@ -733,6 +735,7 @@ pub fn clean_row(
     labels: &[u32],
     draws: usize,
 ) -> Result<BatchResult> {
+    model.begin_unit();
     Ok(vec![verdicts(model, xs, labels, draws)?
         .into_iter()
         .map(|c| (c, 0.0))

@@ -160,7 +160,13 @@ pub fn obtain(
     }
     // One training per checkpoint directory at a time (a finished one only reloads its
     // checkpoint, under the lock too, so it never reads a file another run is replacing).
-    let _lock = crate::lock::DirLock::acquire(&dir, "checkpoint directory")?;
+    // A run that may not train (`--no-train`, every shard of a sharded run) reads a finished
+    // training only, which nothing replaces: it takes no lock, so shards load side by side.
+    let _lock = if store.train {
+        Some(crate::lock::DirLock::acquire(&dir, "checkpoint directory")?)
+    } else {
+        None
+    };
     timer.stage(&format!("train {}", kind.name()), || {
         let mut model = match kind {
             ModelKind::AdvCnn(_) => {

@@ -14,6 +14,7 @@
 //! `EABS_BENCH_STEPS` (default 49), `EABS_BENCH_ARCH` (`mnist`, `svhn` or `both`, default both),
 //! `EABS_BENCH_ENGINE` (`autodiff`, `fast` or `both`, default both: for profiling one engine).
 
+use eabs_core::host::{self, HostRead};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -44,11 +45,11 @@ fn matmul_gflops() -> Result<f64, Box<dyn std::error::Error>> {
     let n = 1024;
     let a = Tensor::rand(0f32, 1f32, (n, n), &Device::Cpu)?;
     let b = Tensor::rand(0f32, 1f32, (n, n), &Device::Cpu)?;
-    a.matmul(&b)?.sum_all()?.to_scalar::<f32>()?;
+    a.matmul(&b)?.sum_all()?.host_scalar::<f32>()?;
     let reps = 5;
     let t = Instant::now();
     for _ in 0..reps {
-        a.matmul(&b)?.sum_all()?.to_scalar::<f32>()?;
+        a.matmul(&b)?.sum_all()?.host_scalar::<f32>()?;
     }
     Ok(2.0 * (n * n * n) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
@@ -117,7 +118,7 @@ fn run(
     let v: Vec<f32> = (0..batch * c * h * w)
         .map(|_| rand::Rng::random::<f32>(&mut rng))
         .collect();
-    let xs = Tensor::from_vec(v, (batch, c, h, w), &Device::Cpu)?;
+    let xs = host::from_vec(v, (batch, c, h, w), &Device::Cpu)?;
     println!(
         "{name} E-ABS inference (K = {k}, d = {d}, N = {}, {} Adam steps, variational, encoder on), batch {batch}, mean of {reps} batches:",
         cfg.n_candidates, cfg.n_adam_steps

@@ -25,6 +25,7 @@
 //! Samples whose bound is not positive (misclassified, or `l_y* >= d_k^2`) get 0.
 
 use candle_core::{DType, Tensor};
+use eabs_core::host::HostRead;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{FinalEvaluation, LatentInference};
@@ -162,7 +163,7 @@ pub fn quantiles(values: &[f64], qs: &[f64]) -> Result<Vec<f64>> {
 }
 
 fn to_rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
-    Ok(t.to_dtype(DType::F64)?.to_vec2::<f64>()?)
+    Ok(t.to_dtype(DType::F64)?.host_vec2::<f64>()?)
 }
 
 impl<M: LatentClassModel> AbsInference<M> {

@@ -10,6 +10,7 @@
 //! chunk of candidates.
 
 use candle_core::{DType, Device, Tensor, D};
+use eabs_core::host;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -56,7 +57,7 @@ pub fn draw_candidates(
     for i in kept {
         out.extend_from_slice(&draws[i * latent_dim..(i + 1) * latent_dim]);
     }
-    Ok(Tensor::from_vec(out, (n, latent_dim), device)?)
+    Ok(host::from_vec(out, (n, latent_dim), device)?)
 }
 
 /// The candidate pool decoded by every class decoder, with what the search needs precomputed.

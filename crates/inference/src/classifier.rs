@@ -9,9 +9,12 @@
 //! expression `logits(x) = -s (||x - G_k(z*)||^2 + prior_k(z*)) / P` with the same scaling as
 //! the logits, so any loss of the logits gets the adaptive gradient.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
+use eabs_core::host::HostRead;
+use eabs_core::seeding::{content_seed, mix};
 use eabs_core::{Bounds, Classifier, Differentiable, LossFn};
 
 use crate::config::LatentInference;
@@ -19,26 +22,29 @@ use crate::engine::{AbsInference, InferenceOutput};
 use crate::error::Result;
 use crate::model::LatentClassModel;
 
+/// Distinct inputs [`AbsClassifier`] remembers before it forgets them all: a bound on memory
+/// for callers that never call [`Classifier::begin_unit`] (the evaluation engine calls it
+/// before every batch, far below this).
+const MAX_REMEMBERED: usize = 1 << 20;
+
 /// An ABS-style model with its inference, seen as a classifier.
 ///
-/// Variational inference makes it stochastic: every call of `logits` / `value_and_grad` draws
-/// fresh noise from a seed derived from the base seed and a call counter, so a run of an attack
-/// is reproducible from the base seed, and repeated calls (EOT, Section 4.2) see different
-/// samples.
+/// Variational inference makes it stochastic. Every image of every call draws its noise from
+/// its own generator, keyed by the base seed, the image's content (the attacks' rule,
+/// [`eabs_core::seeding::content_seed`]) and how many times that content was seen before in
+/// the current unit ([`Classifier::begin_unit`]): repeated calls on the same input (EOT's
+/// draws, the verdict's draws; Section 4.2) see fresh samples, and an image's result depends
+/// on neither its batch, nor its position in it, nor on other images' calls. Evaluations are
+/// therefore the same whether a data set is evaluated in one batch or many, resumed after an
+/// interruption, or sharded over machines. The keys cost one download of the batch's images
+/// per call (not per Adam step).
 #[derive(Debug)]
 pub struct AbsClassifier<M> {
     inference: AbsInference<M>,
     bounds: Bounds,
     seed: u64,
-    calls: AtomicU64,
-}
-
-/// SplitMix64 finaliser: decorrelates `(seed, call)` pairs into seeds for ChaCha.
-fn mix(seed: u64, call: u64) -> u64 {
-    let mut z = seed ^ call.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    /// Calls seen per input content (its content seed) in the current unit.
+    seen: Mutex<HashMap<u64, u64>>,
 }
 
 impl<M: LatentClassModel> AbsClassifier<M> {
@@ -49,23 +55,45 @@ impl<M: LatentClassModel> AbsClassifier<M> {
             inference,
             bounds,
             seed,
-            calls: AtomicU64::new(0),
+            seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The noise keys of the images of `xs` for this call: `period` distinct rows (the first
+    /// `period`), row `i` of the batch taking the key of row `i mod period`.
+    fn keys(&self, xs: &Tensor, period: usize) -> candle_core::Result<Vec<u64>> {
+        let rows = xs
+            .flatten_from(1)?
+            .to_dtype(DType::F32)?
+            .host_vec2::<f32>()?;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > MAX_REMEMBERED {
+            seen.clear();
+        }
+        let period = period.clamp(1, rows.len().max(1));
+        let distinct: Vec<u64> = rows[..period.min(rows.len())]
+            .iter()
+            .map(|row| {
+                let content = content_seed(self.seed, row);
+                let n = seen.entry(content).or_insert(0);
+                let key = mix(content ^ mix(*n));
+                *n += 1;
+                key
+            })
+            .collect();
+        Ok((0..rows.len()).map(|i| distinct[i % period]).collect())
+    }
+
+    /// Runs inference with this call's keys ([`AbsClassifier`]'s noise rule).
+    pub fn infer(&self, xs: &Tensor) -> Result<InferenceOutput> {
+        let b = xs.dims().first().copied().unwrap_or(0);
+        let keys = self.keys(xs, b)?;
+        self.inference.infer_keyed(xs, &keys)
     }
 
     /// The inference engine.
     pub fn inference(&self) -> &AbsInference<M> {
         &self.inference
-    }
-
-    /// Seed of the next call (advances the call counter).
-    fn next_seed(&self) -> u64 {
-        mix(self.seed, self.calls.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Runs inference with the next seed.
-    pub fn infer(&self, xs: &Tensor) -> Result<InferenceOutput> {
-        self.inference.infer(xs, self.next_seed())
     }
 
     /// Logits as a differentiable function of `xs` with the optimum of `output` held fixed:
@@ -106,10 +134,18 @@ impl<M: LatentClassModel> Classifier for AbsClassifier<M> {
     /// One draw of the call counter for the whole batch, row `i` of every block on the same
     /// noise stream.
     fn logits_common_noise(&self, xs: &Tensor, blocks: usize) -> candle_core::Result<Tensor> {
-        Ok(self
-            .inference
-            .infer_common_noise(&xs.detach(), self.next_seed(), blocks)?
-            .logits)
+        let xs = xs.detach();
+        let b = xs.dims().first().copied().unwrap_or(0);
+        if blocks == 0 || b % blocks != 0 {
+            candle_core::bail!("{blocks} blocks do not divide the batch of {b}");
+        }
+        let keys = self.keys(&xs, b / blocks)?;
+        Ok(self.inference.infer_keyed(&xs, &keys)?.logits)
+    }
+
+    /// Forgets how often each input was seen: the next call on any input draws as its first.
+    fn begin_unit(&self) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 

@@ -36,6 +36,7 @@
 //! - Noise for image `i` of a batch comes from stream `i` of `ChaCha8Rng::seed_from_u64(seed)`,
 //!   so an image's result does not depend on the other images in its batch.
 
+use eabs_core::host::{self, HostRead};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -441,11 +442,34 @@ impl<M: LatentClassModel> AbsInference<M> {
         device: &candle_core::Device,
     ) -> Result<Tensor> {
         let b = rngs.len();
-        Ok(Tensor::from_vec(
+        Ok(host::from_vec(
             Self::noise_values(rngs, k, d),
             (b, k, d),
             device,
         )?)
+    }
+
+    /// The noise of `steps` consecutive [`Self::noise`] calls as one tensor `(steps, b, K, d)`:
+    /// the same values (each image's stream is drawn in the same order), one upload.
+    fn step_noise(
+        rngs: &mut [ChaCha8Rng],
+        steps: usize,
+        k: usize,
+        d: usize,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        let b = rngs.len();
+        let kd = k * d;
+        let mut v = vec![0f32; steps * b * kd];
+        for (i, rng) in rngs.iter_mut().enumerate() {
+            for s in 0..steps {
+                let at = (s * b + i) * kd;
+                for x in &mut v[at..at + kd] {
+                    *x = StandardNormal.sample(rng);
+                }
+            }
+        }
+        Ok(host::from_vec(v, (steps, b, k, d), device)?)
     }
 
     /// [`Self::noise`]'s values, row-major `(b, K, d)`.
@@ -501,11 +525,18 @@ impl<M: LatentClassModel> AbsInference<M> {
         let adam = self.latent_adam();
         let mut adam_mu = TensorAdam::new(adam, c.learning_rate, &mu)?;
         let mut adam_lv = TensorAdam::new(adam, c.learning_rate, &lv)?;
-        for _ in 0..c.n_adam_steps {
+        // Every step's noise in one upload, `(steps, b, K, d)`: one host-to-device copy per
+        // inference instead of one per step (`tests/host_transfers.rs`).
+        let all_eps = if variational {
+            Some(Self::step_noise(rngs, c.n_adam_steps, k, d, &device)?)
+        } else {
+            None
+        };
+        for step in 0..c.n_adam_steps {
             let mu_var = Var::from_tensor(&mu)?;
-            if variational {
+            if let Some(all_eps) = &all_eps {
                 let lv_var = Var::from_tensor(&lv)?;
-                let eps = Self::noise(rngs, k, d, &device)?;
+                let eps = all_eps.get(step)?;
                 let z = (mu_var.as_tensor() + (lv_var.as_tensor() * 0.5)?.exp()?.mul(&eps)?)?;
                 let (rec, prior, _) = self.objective(
                     x,
@@ -551,9 +582,9 @@ impl<M: LatentClassModel> AbsInference<M> {
         let (k, d) = (self.model.n_classes(), self.model.latent_dim());
         let device = x.device().clone();
         let scale = 1.0 / p as f32;
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut mu = start.means.flatten_all()?.to_vec1::<f32>()?;
-        let mut lv = start.log_variances.flatten_all()?.to_vec1::<f32>()?;
+        let xv = x.flatten_all()?.host_vec1::<f32>()?;
+        let mut mu = start.means.flatten_all()?.host_vec1::<f32>()?;
+        let mut lv = start.log_variances.flatten_all()?.host_vec1::<f32>()?;
         let adam = self.latent_adam();
         let mut adam_mu = SliceAdam::new(adam, c.learning_rate, mu.len());
         let mut adam_lv = SliceAdam::new(adam, c.learning_rate, lv.len());
@@ -614,8 +645,8 @@ impl<M: LatentClassModel> AbsInference<M> {
             }
         }
         Ok((
-            Tensor::from_vec(mu, (b, k, d), &device)?,
-            Tensor::from_vec(lv, (b, k, d), &device)?,
+            host::from_vec(mu, (b, k, d), &device)?,
+            host::from_vec(lv, (b, k, d), &device)?,
         ))
     }
 
@@ -639,6 +670,23 @@ impl<M: LatentClassModel> AbsInference<M> {
         self.run_streams(xs, self.default_pass(), seed, (b / blocks).max(1))
     }
 
+    /// [`AbsInference::infer`] with image `i`'s noise from its own generator seeded with
+    /// `keys[i]` (`keys.len()` must be the batch size): what
+    /// [`AbsClassifier`](crate::AbsClassifier) uses, with keys derived from each image's
+    /// content, so that an image's result depends on neither its batch nor its position.
+    pub fn infer_keyed(&self, xs: &Tensor, keys: &[u64]) -> Result<InferenceOutput> {
+        let b = xs.dims().first().copied().unwrap_or(0);
+        if keys.len() != b {
+            return Err(InferenceError::InvalidArgument {
+                argument: "keys",
+                expected: format!("one key per image of the batch ({b})"),
+                found: format!("{} keys", keys.len()),
+            });
+        }
+        let rngs = keys.iter().map(|&k| ChaCha8Rng::seed_from_u64(k)).collect();
+        self.run_rngs(xs, self.default_pass(), rngs)
+    }
+
     pub(crate) fn run(&self, xs: &Tensor, pass: Pass, seed: u64) -> Result<InferenceOutput> {
         let b = xs.dims().first().copied().unwrap_or(0);
         self.run_streams(xs, pass, seed, b.max(1))
@@ -651,6 +699,24 @@ impl<M: LatentClassModel> AbsInference<M> {
         pass: Pass,
         seed: u64,
         period: usize,
+    ) -> Result<InferenceOutput> {
+        let b = xs.dims().first().copied().unwrap_or(0);
+        let rngs = (0..b)
+            .map(|i| {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream((i % period) as u64);
+                rng
+            })
+            .collect();
+        self.run_rngs(xs, pass, rngs)
+    }
+
+    /// Inference with image `i`'s noise from `rngs[i]`.
+    fn run_rngs(
+        &self,
+        xs: &Tensor,
+        pass: Pass,
+        mut rngs: Vec<ChaCha8Rng>,
     ) -> Result<InferenceOutput> {
         // Nothing in inference is differentiated with respect to the input (eq. (8) is built
         // afterwards by `AbsClassifier`); detaching also drops any graph the caller's tensor has.
@@ -667,13 +733,6 @@ impl<M: LatentClassModel> AbsInference<M> {
         let t1 = Instant::now();
 
         let variational = pass.mode == LatentInference::Variational;
-        let mut rngs: Vec<ChaCha8Rng> = (0..b)
-            .map(|i| {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream((i % period) as u64);
-                rng
-            })
-            .collect();
         let (mu, lv) = match self.fast_engine() {
             Some(fast) => self.optimise_fast(fast, &x, &start, pass, &mut rngs)?,
             None => self.optimise_autodiff(&x, &start, pass, &mut rngs)?,

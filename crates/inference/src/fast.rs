@@ -16,6 +16,7 @@
 //! `y = convT(x, W) + b` that is `convT(x, s W) + (s b + t)`, `s` scaling the output-channel
 //! axis of `W: (c_in, c_out, k, k)`.
 
+use eabs_core::host::HostRead;
 use std::sync::Arc;
 
 use candle_core::{bail, DType, Result, Tensor};
@@ -23,7 +24,7 @@ use eabs_kernels::raw::{matmul, TransposedConv};
 use rayon::prelude::*;
 
 fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+    t.to_dtype(DType::F32)?.flatten_all()?.host_vec1::<f32>()
 }
 
 /// A fully-connected layer `y = x Wᵀ + b`, `W: (n_out, n_in)` (PyTorch's layout).

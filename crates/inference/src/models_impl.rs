@@ -188,6 +188,7 @@ impl LatentClassModel for FrozenAbsModel {
 mod tests {
     use super::*;
     use crate::AbsInference;
+    use eabs_core::host::HostRead;
     use eabs_models::{DatasetKind, ModelKind, Variant};
 
     #[test]
@@ -213,7 +214,12 @@ mod tests {
             let out = inference.infer(&xs, 0).unwrap();
             assert_eq!(out.losses.dims(), &[2, 10]);
             assert_eq!(out.reconstructions.dims(), &[2, 10, 1, 28, 28]);
-            let losses = out.losses.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let losses = out
+                .losses
+                .flatten_all()
+                .unwrap()
+                .host_vec1::<f32>()
+                .unwrap();
             assert!(
                 losses.iter().all(|l| l.is_finite() && *l >= 0.0),
                 "{variant:?}: {losses:?}"

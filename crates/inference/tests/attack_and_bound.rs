@@ -8,6 +8,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::{images, rows, LinearModel, ToyPrior};
+use eabs_core::host::HostRead;
 use eabs_core::{Bounds, Classifier, Differentiable};
 use eabs_inference::{
     certified_radius, quantiles, AbsClassifier, AbsInference, InferenceConfig, LatentInference,
@@ -113,7 +114,7 @@ fn classifier_reports_logits_and_stochasticity() {
         rows(&exact.logits(&xs).unwrap()),
         "exact inference is deterministic"
     );
-    let pred = exact.predict(&xs).unwrap().to_vec1::<u32>().unwrap();
+    let pred = exact.predict(&xs).unwrap().host_vec1::<u32>().unwrap();
     // Images lie near their class manifold: the toy classifier is accurate.
     let correct = pred
         .iter()
@@ -271,6 +272,68 @@ fn several_losses_share_one_inference_and_match_single_calls() {
             .unwrap()
             .max(0)
             .unwrap();
-        assert!(dv.to_scalar::<f32>().unwrap() < 1e-5 && dg.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(dv.host_scalar::<f32>().unwrap() < 1e-5 && dg.host_scalar::<f32>().unwrap() < 1e-5);
     }
+}
+
+/// The noise of variational inference is keyed per image (its content and how often it was
+/// seen in the unit): an image's logits do not depend on its batch, its position or the other
+/// images' calls, so that batching, resuming and sharding an evaluation change nothing; and
+/// repeated calls on one input draw fresh noise until `begin_unit` starts over.
+#[test]
+fn variational_noise_is_keyed_per_image_not_per_batch() {
+    let model = LinearModel::new(3, 5, 2, 1.0, 30, ToyPrior::Kl);
+    let (xs, _, _) = images(&model, 4, 0.3, 31);
+    let cfg = InferenceConfig {
+        mode: LatentInference::Variational,
+        n_candidates: 50,
+        n_adam_steps: 5,
+        ..InferenceConfig::e_abs()
+    };
+    let new = || {
+        AbsClassifier::new(
+            AbsInference::new(&model, cfg.clone()).unwrap(),
+            Bounds::UNIT,
+            7,
+        )
+    };
+    let row = |t: &Tensor, i: usize| rows(t)[i].clone();
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+
+    let clf = new();
+    let all = clf.logits(&xs).unwrap();
+    // Image 2 alone, and image 2 first in a reordered batch, on fresh classifiers.
+    let alone = new().logits(&xs.narrow(0, 2, 1).unwrap()).unwrap();
+    let order = eabs_core::host::new(&[2u32, 0, 3, 1], xs.device()).unwrap();
+    let reordered = new().logits(&xs.index_select(&order, 0).unwrap()).unwrap();
+    assert!(close(&row(&all, 2), &row(&alone, 0)), "batch of 4 vs alone");
+    assert!(close(&row(&all, 2), &row(&reordered, 0)), "position 2 vs 0");
+    // Other images' calls in between change nothing for image 2's second draw.
+    let second = clf.logits(&xs).unwrap();
+    assert!(
+        !close(&row(&all, 2), &row(&second, 2)),
+        "a repeated call draws fresh noise"
+    );
+    let other = new();
+    other.logits(&xs.narrow(0, 0, 2).unwrap()).unwrap(); // images 0 and 1 only
+    other.logits(&xs.narrow(0, 2, 1).unwrap()).unwrap();
+    let second_alone = other.logits(&xs.narrow(0, 2, 1).unwrap()).unwrap();
+    assert!(
+        close(&row(&second, 2), &row(&second_alone, 0)),
+        "second draw of image 2"
+    );
+    // A new unit starts the counts over.
+    clf.begin_unit();
+    assert!(
+        close(&row(&all, 2), &row(&clf.logits(&xs).unwrap(), 2)),
+        "after begin_unit"
+    );
+    // Common random numbers: row i of every block draws as row i of the first.
+    let pair = Tensor::cat(
+        &[&xs.narrow(0, 0, 2).unwrap(), &xs.narrow(0, 0, 2).unwrap()],
+        0,
+    )
+    .unwrap();
+    let crn = new().logits_common_noise(&pair, 2).unwrap();
+    assert!(close(&row(&crn, 0), &row(&crn, 2)) && close(&row(&crn, 1), &row(&crn, 3)));
 }

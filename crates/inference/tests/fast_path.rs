@@ -15,6 +15,7 @@
 //! with the losses still equal to 3e-6.
 
 use candle_core::{Device, Tensor, Var};
+use eabs_core::host::{self, HostRead};
 use eabs_inference::fast::ClassWorkspace;
 use eabs_inference::{
     AbsInference, FrozenAbsModel, InferenceConfig, LatentClassModel, LatentInference,
@@ -52,7 +53,7 @@ fn trained_like(family: DatasetKind, variant: Variant, seed: u64) -> FrozenAbsMo
         } else {
             continue;
         };
-        var.set(&Tensor::from_vec(vals, t.shape(), &Device::Cpu).unwrap())
+        var.set(&host::from_vec(vals, t.shape(), &Device::Cpu).unwrap())
             .unwrap();
     }
     FrozenAbsModel::new(&model)
@@ -66,7 +67,7 @@ fn latents(n: usize, d: usize, seed: u64) -> Tensor {
     let v: Vec<f32> = (0..n * d)
         .map(|_| StandardNormal.sample(&mut rng))
         .collect();
-    Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap()
+    host::from_vec(v, (n, d), &Device::Cpu).unwrap()
 }
 
 fn images(family: DatasetKind, n: usize, seed: u64) -> Tensor {
@@ -77,11 +78,11 @@ fn images(family: DatasetKind, n: usize, seed: u64) -> Tensor {
     let v: Vec<f32> = (0..n * c * h * w)
         .map(|_| rng.random_range(0.0..1.0))
         .collect();
-    Tensor::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap()
+    host::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    t.flatten_all().unwrap().host_vec1::<f32>().unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -263,8 +264,8 @@ fn optimum_after_49_steps_matches_autodiff() {
             assert!(e < 1e-3, "{what}: optimal log-variances differ by {e}");
         }
         assert_eq!(
-            fast.predictions().unwrap().to_vec1::<u32>().unwrap(),
-            slow.predictions().unwrap().to_vec1::<u32>().unwrap(),
+            fast.predictions().unwrap().host_vec1::<u32>().unwrap(),
+            slow.predictions().unwrap().host_vec1::<u32>().unwrap(),
             "{what}: predictions"
         );
         // The optimisation did move the latents (the comparison is not of two starts).

@@ -9,6 +9,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{images, rows, LinearModel, ToyPrior};
+use eabs_core::host::{self, HostRead};
 use eabs_inference::{
     draw_candidates, AbsInference, InferenceConfig, InferenceError, LatentClassModel,
     LatentInference,
@@ -46,7 +47,7 @@ fn exact_inference_finds_the_closed_form_optimum() {
             .means
             .to_dtype(candle_core::DType::F64)
             .unwrap()
-            .to_vec3::<f64>()
+            .host_vec3::<f64>()
             .unwrap();
         for (i, x) in xrows.iter().enumerate() {
             for k in 0..3 {
@@ -118,7 +119,7 @@ fn cached_search_equals_decoding_every_candidate() {
             .cache()
             .search(&xs.reshape((4, 5)).unwrap(), true)
             .unwrap();
-        let idx = choice.indices.to_vec2::<u32>().unwrap();
+        let idx = choice.indices.host_vec2::<u32>().unwrap();
         let got = rows(&choice.losses);
         let cands = rows(inf.cache().latents());
         for (i, x) in xrows.iter().enumerate() {
@@ -190,7 +191,7 @@ fn latent_mean_stays_in_the_ball_with_its_sign() {
         .means
         .to_dtype(candle_core::DType::F64)
         .unwrap()
-        .to_vec3::<f64>()
+        .host_vec3::<f64>()
         .unwrap();
     for (i, x) in xrows.iter().enumerate() {
         let x4: Vec<f64> = x.iter().map(|v| 4.0 * v).collect();
@@ -243,13 +244,13 @@ fn variational_inference_is_seeded_and_batch_independent() {
         .latents
         .to_dtype(candle_core::DType::F64)
         .unwrap()
-        .to_vec3::<f64>()
+        .host_vec3::<f64>()
         .unwrap();
     let mu = a
         .means
         .to_dtype(candle_core::DType::F64)
         .unwrap()
-        .to_vec3::<f64>()
+        .host_vec3::<f64>()
         .unwrap();
     assert_ne!(z, mu, "the final evaluation samples Q*");
     let recs = rows(&a.reconstructions.reshape((9, 6)).unwrap());
@@ -282,14 +283,14 @@ fn variational_inference_finds_mean_and_variance_optimum() {
         .means
         .to_dtype(candle_core::DType::F64)
         .unwrap()
-        .to_vec3::<f64>()
+        .host_vec3::<f64>()
         .unwrap();
     let lv = out
         .log_variances
         .unwrap()
         .to_dtype(candle_core::DType::F64)
         .unwrap()
-        .to_vec3::<f64>()
+        .host_vec3::<f64>()
         .unwrap();
     for (i, x) in xrows.iter().enumerate() {
         for k in 0..2 {
@@ -330,14 +331,14 @@ fn encoder_proposal_is_used_when_it_is_better() {
     let start = inf.initial_latents(&xs).unwrap();
     assert!(start
         .from_encoder
-        .to_vec2::<u8>()
+        .host_vec2::<u8>()
         .unwrap()
         .iter()
         .flatten()
         .all(|&b| b == 1));
     assert!(start
         .log_variances
-        .to_vec3::<f32>()
+        .host_vec3::<f32>()
         .unwrap()
         .iter()
         .flatten()
@@ -355,7 +356,7 @@ fn encoder_proposal_is_used_when_it_is_better() {
     let start = inf.initial_latents(&xs).unwrap();
     assert!(start
         .from_encoder
-        .to_vec2::<u8>()
+        .host_vec2::<u8>()
         .unwrap()
         .iter()
         .flatten()
@@ -560,7 +561,7 @@ fn outputs_carry_no_graph_even_for_models_with_var_weights() {
     };
     let inf = AbsInference::new(&model, cfg).unwrap();
     assert!(!inf.cache().images(0).unwrap().track_op());
-    let xs = Tensor::new(&[[[[0.5f32, 0.2, -1.0]]]], &Device::Cpu).unwrap();
+    let xs = host::new(&[[[[0.5f32, 0.2, -1.0]]]], &Device::Cpu).unwrap();
     let out = inf.infer(&xs, 0).unwrap();
     for t in [
         &out.losses,

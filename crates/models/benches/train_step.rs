@@ -14,6 +14,7 @@
 //! Run: `cargo bench -p eabs-models --bench train_step` (env `EABS_BENCH_REPS`, default 3;
 //! `EABS_BENCH_STOCK=0` leaves out the stock-Candle timings).
 
+use eabs_core::host::{self, HostRead};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -56,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     let b = Tensor::rand(0f32, 1f32, (n, n), &dev)?;
     let (mm, _) = time(reps.max(5), || {
         let c = a.matmul(&b)?;
-        c.sum_all()?.to_scalar::<f32>()?;
+        c.sum_all()?.host_scalar::<f32>()?;
         Ok(())
     })?;
     let mm_gflops = 2.0 * (n * n * n) as f64 / mm / 1e9;
@@ -85,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         let xs = randn(&mut rng, &[batch, 1, 28, 28], &dev)?
             .affine(0.2, 0.3)?
             .clamp(0f32, 1f32)?;
-        let labels = Tensor::from_vec(
+        let labels = host::from_vec(
             (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
             batch,
             &dev,
@@ -104,7 +105,7 @@ fn main() -> anyhow::Result<()> {
                 if let Some(dl) = model.discriminator_loss(&latents, batch, &mut rng)? {
                     disc_adam.step(&dl.backward()?, &disc, 1e-3)?;
                 }
-                parts.total.to_scalar::<f32>()?;
+                parts.total.host_scalar::<f32>()?;
                 Ok(())
             })?;
             let step_flops = 3.0 * batch as f64 * (enc_f + k as f64 * dec_f);
@@ -160,7 +161,7 @@ fn main() -> anyhow::Result<()> {
             }
             let grads = loss.backward()?;
             let g = grads.get(z.as_tensor()).expect("latent gradient");
-            g.sum_all()?.to_scalar::<f32>()?;
+            g.sum_all()?.host_scalar::<f32>()?;
             Ok(())
         })?;
         let g = 3.0 * (k * n_img) as f64 * dec_f / t_min / 1e9;
@@ -189,7 +190,7 @@ fn main() -> anyhow::Result<()> {
     for chunk in [8000usize, 500] {
         let (d_min, d_mean) = time(reps, || {
             let r = dec.forward_chunked(&zs, chunk)?;
-            r.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            r.sum_all()?.to_dtype(DType::F32)?.host_scalar::<f32>()?;
             Ok(())
         })?;
         let g = 8000.0 * dec_f / d_min / 1e9;

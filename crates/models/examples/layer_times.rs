@@ -1,6 +1,7 @@
 //! Times each layer of one MNIST decoder on 500 latents (evaluation mode), and the forward and
 //! backward halves of an E-ABS training step: where the time goes. Run: `cargo run --release -p eabs-models --example layer_times`.
 
+use eabs_core::host;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -79,7 +80,7 @@ fn step_split() -> anyhow::Result<()> {
     let model = AbsModel::new(&cfg, 0, &dev)?;
     let b = 128;
     let xs = Tensor::rand(0f32, 1f32, (b, 1, 28, 28), &dev)?;
-    let labels = Tensor::from_vec((0..b as u32).map(|i| i % 10).collect::<Vec<_>>(), b, &dev)?;
+    let labels = host::from_vec((0..b as u32).map(|i| i % 10).collect::<Vec<_>>(), b, &dev)?;
     for _ in 0..2 {
         let mut rng = derive_rng(0, Stream::Step, 0, 0);
         let t = Instant::now();

@@ -17,6 +17,7 @@
 //! it keeps one forward pass per encoder).
 
 use candle_core::{DType, Device, Result, Tensor};
+use eabs_core::host::{self, HostRead};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ModelConfig, ModelKind, Variant};
@@ -230,7 +231,7 @@ impl AbsModel {
             };
             return Ok((parts, lat));
         }
-        let labels_v = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let labels_v = labels.to_dtype(DType::U32)?.host_vec1::<u32>()?;
         let mut rec_sum = Tensor::zeros((), DType::F32, dev)?;
         let mut prior_sum = Tensor::zeros((), DType::F32, dev)?;
         let mut lat = Vec::new();
@@ -253,7 +254,7 @@ impl AbsModel {
                 if members.len() < 2 {
                     continue;
                 }
-                let idx = Tensor::from_vec(members.clone(), members.len(), dev)?;
+                let idx = host::from_vec(members.clone(), members.len(), dev)?;
                 let z = z_all.index_select(&idx, 0)?;
                 let x_k = xs.index_select(&idx, 0)?;
                 let rec = reconstruction_cost(&x_k, &self.decoders[k].forward(&z, true)?)?;
@@ -264,7 +265,7 @@ impl AbsModel {
                 if members.len() < 2 {
                     continue;
                 }
-                let idx = Tensor::from_vec(members.clone(), members.len(), dev)?;
+                let idx = host::from_vec(members.clone(), members.len(), dev)?;
                 let x_k = xs.index_select(&idx, 0)?;
                 let (mean, logvar) = self.encoders[k].forward(&x_k, true)?;
                 let eps = randn(rng, &[members.len(), m], dev)?;

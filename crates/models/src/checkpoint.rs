@@ -21,6 +21,7 @@
 //! Files are written to a temporary file in the same directory and renamed into place, so a
 //! crash never leaves a half-written checkpoint under the final name.
 
+use eabs_core::host::HostRead;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -104,7 +105,7 @@ pub fn save_tensors(
     for (name, t) in tensors {
         let t = t.to_dtype(DType::F32)?.flatten_all()?;
         let bytes: Vec<u8> = t
-            .to_vec1::<f32>()?
+            .host_vec1::<f32>()?
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();

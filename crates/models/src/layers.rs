@@ -6,6 +6,7 @@
 //! give copies holding plain (detached) tensors that share storage, so that inference-time
 //! backward passes track only their inputs (STYLE.md §2).
 
+use eabs_core::host;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Result, Tensor, Var, D};
@@ -46,7 +47,7 @@ impl DropoutRng {
                 .map(|_| if g.random::<f64>() < p { 0.0 } else { scale })
                 .collect()
         };
-        let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+        let mask = host::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
         xs.mul(&mask)
     }
 }
@@ -313,11 +314,12 @@ pub fn pick(xs: &Tensor, labels: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use eabs_core::host::HostRead;
 
     #[test]
     fn log_sigmoid_is_stable_and_correct() -> Result<()> {
-        let l = Tensor::new(&[-200f32, -1.0, 0.0, 2.0, 200.0], &Device::Cpu)?;
-        let got = log_sigmoid(&l)?.to_vec1::<f32>()?;
+        let l = host::new(&[-200f32, -1.0, 0.0, 2.0, 200.0], &Device::Cpu)?;
+        let got = log_sigmoid(&l)?.host_vec1::<f32>()?;
         // Reference in f64: log sigmoid(x) = -log1p(e^{-x}) for x >= 0, x - log1p(e^x) otherwise.
         let want: Vec<f32> = [-200f64, -1.0, 0.0, 2.0, 200.0]
             .iter()
@@ -342,13 +344,13 @@ mod tests {
         let mut store = ParamStore::new(0, &dev);
         let bn = BatchNorm2d::new(&mut store, "bn", 1, 0.5, 0.0)?;
         // Values 1, 3 in one channel: mean 2, biased var 1, unbiased var 2.
-        let xs = Tensor::new(&[1f32, 3.0], &dev)?.reshape((2, 1, 1, 1))?;
-        let ys = bn.forward(&xs, true)?.flatten_all()?.to_vec1::<f32>()?;
+        let xs = host::new(&[1f32, 3.0], &dev)?.reshape((2, 1, 1, 1))?;
+        let ys = bn.forward(&xs, true)?.flatten_all()?.host_vec1::<f32>()?;
         assert_eq!(ys, vec![-1.0, 1.0]);
-        assert_eq!(bn.running_mean.as_tensor().to_vec1::<f32>()?, vec![1.0]);
-        assert_eq!(bn.running_var.as_tensor().to_vec1::<f32>()?, vec![1.5]);
+        assert_eq!(bn.running_mean.as_tensor().host_vec1::<f32>()?, vec![1.0]);
+        assert_eq!(bn.running_var.as_tensor().host_vec1::<f32>()?, vec![1.5]);
         // Eval: (x - 1) / sqrt(1.5).
-        let e = bn.forward(&xs, false)?.flatten_all()?.to_vec1::<f32>()?;
+        let e = bn.forward(&xs, false)?.flatten_all()?.host_vec1::<f32>()?;
         assert!((e[1] - 2.0 / 1.5f32.sqrt()).abs() < 1e-6);
         Ok(())
     }
@@ -358,15 +360,15 @@ mod tests {
         let xs = Tensor::ones((4, 100), DType::F32, &Device::Cpu)?;
         let a = DropoutRng::new(7)
             .dropout(&xs, 0.5, true)?
-            .to_vec2::<f32>()?;
+            .host_vec2::<f32>()?;
         let b = DropoutRng::new(7)
             .dropout(&xs, 0.5, true)?
-            .to_vec2::<f32>()?;
+            .host_vec2::<f32>()?;
         assert_eq!(a, b);
         assert!(a.iter().flatten().all(|&v| v == 0.0 || v == 2.0));
         let same = DropoutRng::new(7)
             .dropout(&xs, 0.5, false)?
-            .to_vec2::<f32>()?;
+            .host_vec2::<f32>()?;
         assert!(same.iter().flatten().all(|&v| v == 1.0));
         Ok(())
     }

@@ -124,6 +124,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use eabs_core::host::{self, HostRead};
 
     fn close(a: f32, b: f64) -> bool {
         (a as f64 - b).abs() < 1e-4 * (1.0 + b.abs())
@@ -133,14 +134,14 @@ mod tests {
     fn eabs_loss_matches_a_hand_computation_of_eq_5() -> Result<()> {
         let dev = Device::Cpu;
         // Two samples of 2 pixels, K = 3 decoders.
-        let xs = Tensor::new(&[[1.0f32, 0.0], [0.5, 0.5]], &dev)?;
+        let xs = host::new(&[[1.0f32, 0.0], [0.5, 0.5]], &dev)?;
         let recons = [
-            Tensor::new(&[[1.0f32, 0.0], [0.0, 0.0]], &dev)?, // costs 0, 0.5
-            Tensor::new(&[[0.0f32, 0.0], [0.5, 0.5]], &dev)?, // costs 1, 0
-            Tensor::new(&[[1.0f32, 1.0], [0.5, 0.0]], &dev)?, // costs 1, 0.25
+            host::new(&[[1.0f32, 0.0], [0.0, 0.0]], &dev)?, // costs 0, 0.5
+            host::new(&[[0.0f32, 0.0], [0.5, 0.5]], &dev)?, // costs 1, 0
+            host::new(&[[1.0f32, 1.0], [0.5, 0.0]], &dev)?, // costs 1, 0.25
         ];
-        let labels = Tensor::new(&[0u32, 2], &dev)?;
-        let log_d = Tensor::new(&[-0.5f32, -2.0], &dev)?;
+        let labels = host::new(&[0u32, 2], &dev)?;
+        let log_d = host::new(&[-0.5f32, -2.0], &dev)?;
         let (beta, gamma) = (1.0, 10.0);
         // Sample 0: y = 0, costs (0, 1, 1): rec 0, CE = log(e^0 + e^-1 + e^-1) - 0.
         // Sample 1: y = 2, costs (0.5, 0, 0.25): rec 0.25, CE = log(e^-0.5 + 1 + e^-0.25) + 0.25.
@@ -152,13 +153,13 @@ mod tests {
         let want = rec + beta * prior + gamma * disc;
         let got = eabs_loss(&xs, &recons, &labels, &log_d, beta, gamma)?;
         assert!(
-            close(got.total.to_scalar::<f32>()?, want),
+            close(got.total.host_scalar::<f32>()?, want),
             "{} vs {want}",
             got.total
         );
-        assert!(close(got.reconstruction.to_scalar::<f32>()?, rec));
-        assert!(close(got.prior.to_scalar::<f32>()?, prior));
-        assert!(close(got.discriminative.to_scalar::<f32>()?, disc));
+        assert!(close(got.reconstruction.host_scalar::<f32>()?, rec));
+        assert!(close(got.prior.host_scalar::<f32>()?, prior));
+        assert!(close(got.discriminative.host_scalar::<f32>()?, disc));
         Ok(())
     }
 
@@ -166,23 +167,23 @@ mod tests {
     fn kl_and_discriminator_loss_by_hand() -> Result<()> {
         let dev = Device::Cpu;
         // KL for mean (1, 0), logvar (0, ln 2): 0.5 [(1 + 1 - 0 - 1) + (0 + 2 - ln 2 - 1)].
-        let mean = Tensor::new(&[[1.0f32, 0.0]], &dev)?;
-        let logvar = Tensor::new(&[[0.0f32, 2f32.ln()]], &dev)?;
+        let mean = host::new(&[[1.0f32, 0.0]], &dev)?;
+        let logvar = host::new(&[[0.0f32, 2f32.ln()]], &dev)?;
         let want = 0.5 * (1.0 + 1.0 - 2f64.ln());
         assert!(close(
-            kl_to_standard_normal(&mean, &logvar)?.to_vec1::<f32>()?[0],
+            kl_to_standard_normal(&mean, &logvar)?.host_vec1::<f32>()?[0],
             want
         ));
         // D(z~) = sigmoid(0) = 1/2, D(z) = sigmoid(0) = 1/2: loss = -(log 1/2 + log 1/2) = 2 ln 2.
-        let z = Tensor::new(&[0.0f32], &dev)?;
+        let z = host::new(&[0.0f32], &dev)?;
         assert!(close(
-            discriminator_loss(&z, &z, 1.0)?.to_scalar::<f32>()?,
+            discriminator_loss(&z, &z, 1.0)?.host_scalar::<f32>()?,
             2.0 * 2f64.ln()
         ));
         // Large logits stay finite: a perfect discriminator has loss ~0, not NaN.
-        let lp = Tensor::new(&[100.0f32], &dev)?;
-        let le = Tensor::new(&[-100.0f32], &dev)?;
-        let l = discriminator_loss(&lp, &le, 1.0)?.to_scalar::<f32>()?;
+        let lp = host::new(&[100.0f32], &dev)?;
+        let le = host::new(&[-100.0f32], &dev)?;
+        let l = discriminator_loss(&lp, &le, 1.0)?.host_scalar::<f32>()?;
         assert!(l.is_finite() && l.abs() < 1e-6);
         Ok(())
     }

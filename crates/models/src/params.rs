@@ -4,6 +4,7 @@
 //! not repeat. We keep our own ordered store (names = checkpoint keys) and initialise every tensor
 //! from a ChaCha stream, so a model built from a seed is bit-identical on every CPU run.
 
+use eabs_core::host;
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor, Var};
@@ -67,7 +68,7 @@ pub fn randn(
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let n = shape.iter().product();
-    Tensor::from_vec(normal_vec(rng, n), shape, device)
+    host::from_vec(normal_vec(rng, n), shape, device)
 }
 
 /// Ordered store of trainable parameters and non-trainable buffers (BatchNorm running
@@ -108,7 +109,7 @@ impl ParamStore {
         let data: Vec<f32> = (0..n)
             .map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
             .collect();
-        self.insert_param(name, Tensor::from_vec(data, shape, &self.device)?)
+        self.insert_param(name, host::from_vec(data, shape, &self.device)?)
     }
 
     /// A parameter filled with `value`.

@@ -14,6 +14,7 @@
 //! - `metrics.jsonl`: one JSON object per epoch ([`EpochMetrics`]), rewritten atomically.
 //! - `train_config.json`: the [`TrainConfig`].
 
+use eabs_core::host::{self, HostRead};
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -114,7 +115,7 @@ impl TrainingData for TensorData {
     }
     fn images(&self, idx: &[usize], device: &Device) -> candle_core::Result<Tensor> {
         let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        let ids = Tensor::from_vec(ids, idx.len(), self.images.device())?;
+        let ids = host::from_vec(ids, idx.len(), self.images.device())?;
         self.images.index_select(&ids, 0)?.to_device(device)
     }
     fn labels(&self, idx: &[usize]) -> Vec<u32> {
@@ -736,7 +737,7 @@ impl Trainer {
                         derive_seed(cfg.seed, Stream::Noise, e, bi),
                     )?;
                 }
-                let labels = Tensor::from_vec(train.labels(idx), idx.len(), &device)?;
+                let labels = host::from_vec(train.labels(idx), idx.len(), &device)?;
                 model
                     .dropout_rng()
                     .reseed(derive_seed(cfg.seed, Stream::Dropout, e, bi));
@@ -762,20 +763,20 @@ impl Trainer {
                         let loss = cross_entropy(&cnn.forward(&xs, true)?, &labels)?;
                         let grads = loss.backward()?;
                         adam.step(&grads, &main_params, lr)?;
-                        sums[0] += loss.to_scalar::<f32>()? as f64 * n;
+                        sums[0] += loss.host_scalar::<f32>()? as f64 * n;
                     }
                     Model::Abs(m) => {
                         let (parts, latents) = m.training_loss(&xs, &labels, &mut rng)?;
                         let grads = parts.total.backward()?;
                         adam.step(&grads, &main_params, lr)?;
-                        sums[0] += parts.total.to_scalar::<f32>()? as f64 * n;
-                        sums[1] += parts.reconstruction.to_scalar::<f32>()? as f64 * n;
-                        sums[2] += parts.prior.to_scalar::<f32>()? as f64 * n;
-                        sums[3] += parts.discriminative.to_scalar::<f32>()? as f64 * n;
+                        sums[0] += parts.total.host_scalar::<f32>()? as f64 * n;
+                        sums[1] += parts.reconstruction.host_scalar::<f32>()? as f64 * n;
+                        sums[2] += parts.prior.host_scalar::<f32>()? as f64 * n;
+                        sums[3] += parts.discriminative.host_scalar::<f32>()? as f64 * n;
                         if let Some(dl) = m.discriminator_loss(&latents, idx.len(), &mut rng)? {
                             let grads = dl.backward()?;
                             disc_adam.step(&grads, &disc_params, lr)?;
-                            sums[4] += dl.to_scalar::<f32>()? as f64 * n;
+                            sums[4] += dl.host_scalar::<f32>()? as f64 * n;
                         }
                     }
                 }
@@ -942,19 +943,19 @@ pub fn evaluate(
     let mut loss_sum = 0f64;
     for chunk in idx.chunks(batch_size.max(1)) {
         let xs = data.images(chunk, device)?;
-        let labels = Tensor::from_vec(data.labels(chunk), chunk.len(), device)?;
+        let labels = host::from_vec(data.labels(chunk), chunk.len(), device)?;
         let n = chunk.len() as f64;
         let pred = match model {
             Model::Cnn(cnn) => {
                 let logits = cnn.forward(&xs, false)?;
-                loss_sum += cross_entropy(&logits, &labels)?.to_scalar::<f32>()? as f64 * n;
+                loss_sum += cross_entropy(&logits, &labels)?.host_scalar::<f32>()? as f64 * n;
                 logits.argmax(D::Minus1)?
             }
             Model::Abs(m) => {
                 let costs = m.proxy_costs(&xs)?;
                 loss_sum += crate::layers::pick(&costs, &labels)?
                     .sum_all()?
-                    .to_scalar::<f32>()? as f64;
+                    .host_scalar::<f32>()? as f64;
                 costs.argmin(D::Minus1)?
             }
         };
@@ -962,7 +963,7 @@ pub fn evaluate(
             .eq(&labels)?
             .to_dtype(DType::U32)?
             .sum_all()?
-            .to_scalar::<u32>()? as usize;
+            .host_scalar::<u32>()? as usize;
     }
     let n = idx.len().max(1) as f64;
     Ok((correct as f64 / n, loss_sum / n))

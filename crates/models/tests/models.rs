@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{synthetic, tiny_config, tiny_train_config};
+use eabs_core::host::{self, HostRead};
 use eabs_core::{Classifier, Differentiable};
 use eabs_models::checkpoint::{model_metadata, save_tensors, store_tensors};
 use eabs_models::params::{derive_rng, Stream};
@@ -40,7 +41,7 @@ fn every_table_9_config_has_the_right_shapes() -> anyhow::Result<()> {
             .expect("E-ABS has a discriminator")
             .forward(&mean, false)?;
         assert_eq!(d.dims(), &[2]);
-        let dv = d.to_vec1::<f32>()?;
+        let dv = d.host_vec1::<f32>()?;
         assert!(dv.iter().all(|&p| p > 0.0 && p < 1.0));
         let cnn = Cnn::new(&ModelConfig::paper(family, ModelKind::Cnn), 0, &dev)?;
         assert_eq!(cnn.logits(&xs)?.dims(), &[2, 10]);
@@ -101,7 +102,7 @@ fn same_seed_same_weights_other_seed_other_weights() -> anyhow::Result<()> {
         m.store().params()["decoders.1.convt1.weight"]
             .flatten_all()
             .unwrap()
-            .to_vec1::<f32>()
+            .host_vec1::<f32>()
             .unwrap()
     };
     assert_eq!(w(&a), w(&b));
@@ -117,7 +118,7 @@ fn loss_decreases_over_a_few_steps() -> anyhow::Result<()> {
     let idx: Vec<usize> = (0..24).collect();
     use eabs_models::TrainingData;
     let xs = data.images(&idx, &dev)?;
-    let labels = Tensor::from_vec(data.labels(&idx), 24, &dev)?;
+    let labels = host::from_vec(data.labels(&idx), 24, &dev)?;
     for kind in ALL_KINDS {
         let model = Model::new(&tiny_config(kind), 3, &dev)?;
         let params = model.store().params_without_prefix("discriminator");
@@ -130,7 +131,7 @@ fn loss_decreases_over_a_few_steps() -> anyhow::Result<()> {
                 Model::Cnn(c) => eabs_models::loss::cross_entropy(&c.forward(&xs, true)?, &labels)?,
                 Model::Abs(m) => m.training_loss(&xs, &labels, &mut rng)?.0.total,
             };
-            losses.push(loss.to_scalar::<f32>()?);
+            losses.push(loss.host_scalar::<f32>()?);
             adam.step(&loss.backward()?, &params, 1e-2)?;
         }
         let first = losses[..3].iter().sum::<f32>();
@@ -202,8 +203,8 @@ fn assert_same_tensors(a: &Model, b: &Model) -> anyhow::Result<()> {
     let (ta, tb) = (store_tensors(a.store()), store_tensors(b.store()));
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
     for (name, t) in &ta {
-        let x = t.flatten_all()?.to_vec1::<f32>()?;
-        let y = tb[name].flatten_all()?.to_vec1::<f32>()?;
+        let x = t.flatten_all()?.host_vec1::<f32>()?;
+        let y = tb[name].flatten_all()?.host_vec1::<f32>()?;
         let same = x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
         assert!(same, "tensor {name} differs");
     }
@@ -263,8 +264,8 @@ fn resume_equals_uninterrupted(kind: ModelKind) -> anyhow::Result<()> {
     );
     for (n, t) in &la.tensors {
         assert_eq!(
-            t.flatten_all()?.to_vec1::<f32>()?,
-            lb.tensors[n].flatten_all()?.to_vec1::<f32>()?,
+            t.flatten_all()?.host_vec1::<f32>()?,
+            lb.tensors[n].flatten_all()?.host_vec1::<f32>()?,
             "{n}"
         );
     }
@@ -324,7 +325,7 @@ fn adversarial_training_starts_from_the_cnn_and_trains_on_pgd_examples() -> anyh
             m.store().params()["classifier.weight"]
                 .flatten_all()
                 .unwrap()
-                .to_vec1::<f32>()
+                .host_vec1::<f32>()
                 .unwrap()
         };
         assert_ne!(w(&adv), w(&adv0));
@@ -594,7 +595,7 @@ fn cnn_gives_input_gradients_through_the_core_trait() -> anyhow::Result<()> {
     let (value, grad) = cnn.value_and_grad(&xs, &loss)?;
     assert_eq!(value.dims(), &[3]);
     assert_eq!(grad.dims(), xs.dims());
-    assert!(grad.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
+    assert!(grad.abs()?.sum_all()?.host_scalar::<f32>()? > 0.0);
     Ok(())
 }
 
@@ -606,11 +607,11 @@ fn chunked_decoding_equals_one_pass() -> anyhow::Result<()> {
     let a = m.decoders()[1]
         .forward(&z, false)?
         .flatten_all()?
-        .to_vec1::<f32>()?;
+        .host_vec1::<f32>()?;
     let b = m.decoders()[1]
         .forward_chunked(&z, 3)?
         .flatten_all()?
-        .to_vec1::<f32>()?;
+        .host_vec1::<f32>()?;
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() < 1e-6);
     }
@@ -754,7 +755,7 @@ fn trains_on_an_eabs_datasets_dataset() -> anyhow::Result<()> {
     let bytes: Vec<u8> = src
         .images(&idx, &Device::Cpu)?
         .flatten_all()?
-        .to_vec1::<f32>()?
+        .host_vec1::<f32>()?
         .iter()
         .map(|v| (v * 255.0).round() as u8)
         .collect();
@@ -897,7 +898,7 @@ fn e_abs_training_is_bit_reproducible() -> anyhow::Result<()> {
             .collect();
         let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
         Ok(eabs_models::TensorData::new(
-            Tensor::from_vec(data, (n, 1, 28, 28), &dev)?,
+            host::from_vec(data, (n, 1, 28, 28), &dev)?,
             labels,
             name,
         )?)

@@ -89,6 +89,18 @@ pub struct ReproduceArgs {
     /// `<target>-<dataset>/` so they are never mistaken for the paper's setting.
     #[arg(long)]
     pub dataset: Option<DatasetKind>,
+    /// Evaluate only shard I of N (0-based; samples at subset positions p with p mod N = I)
+    /// into `<out>/<table>/<preset>/shards/shard-I-of-N/`, training nothing (tables 1-4;
+    /// `cargo xtask slurm` writes the job scripts).
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["merge", "train_only"])]
+    pub shard: Option<eabs_eval::Shard>,
+    /// Gather the N finished shards' journals into the results folder and render the table
+    /// from them, computing nothing; refuses if a shard is missing or the shards disagree.
+    #[arg(long, value_name = "N", conflicts_with = "train_only")]
+    pub merge: Option<usize>,
+    /// Train (or find) every model of the table and stop: the first stage of a sharded run.
+    #[arg(long)]
+    pub train_only: bool,
 }
 
 /// The command line as run, for provenance.
@@ -124,6 +136,9 @@ impl ReproduceArgs {
             resume: resume_policy(self.restart_changed),
             dataset: self.dataset,
             command: command_line(),
+            shard: self.shard,
+            merge: self.merge,
+            train_only: self.train_only,
         }
     }
 }
@@ -138,6 +153,15 @@ fn show(dir: &Path, file: &str) -> Result<()> {
 /// Runs `cargo xtask reproduce`.
 pub fn run(args: &ReproduceArgs) -> Result<()> {
     let spec = args.spec();
+    if !matches!(
+        args.target,
+        Target::Table1 | Target::Table2 | Target::Table3 | Target::Table4 | Target::All
+    ) {
+        spec.refuse_sharding(&format!("{:?}", args.target).to_lowercase())?;
+    }
+    if spec.merge == Some(0) {
+        anyhow::bail!("--merge N: N is the number of shards, at least 1");
+    }
     let tables: Vec<DatasetKind> = match args.target {
         Target::Table1 => vec![DatasetKind::Mnist],
         Target::Table2 => vec![DatasetKind::FashionMnist],
@@ -171,6 +195,23 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     )?;
     for kind in tables {
         let dir = table::run(kind, &spec)?;
+        if spec.train_only {
+            println!(
+                "{}: every model is trained ({})",
+                table::table_of(kind),
+                dir.display()
+            );
+            continue;
+        }
+        if let Some(shard) = spec.shard {
+            println!(
+                "{}: shard {shard} finished: {} (merge with `--merge {}` once every shard has)",
+                table::table_of(kind),
+                dir.join(eabs_eval::shard::MANIFEST).display(),
+                shard.count
+            );
+            continue;
+        }
         figures::ledger_charts(&dir)?;
         show(&dir, "table.md")?;
     }

@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use eabs_attacks::Norm;
+use eabs_core::host::{self, HostRead};
 use eabs_core::{Bounds, Classifier, Differentiable};
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -25,8 +26,8 @@ impl Linear {
         let flat: Vec<f32> = (0..d)
             .flat_map(|j| w.iter().map(move |row| row[j]))
             .collect();
-        let w_t = Tensor::from_vec(flat, (d, k), &device).unwrap();
-        let b_t = Tensor::new(b.as_slice(), &device).unwrap();
+        let w_t = host::from_vec(flat, (d, k), &device).unwrap();
+        let b_t = host::new(b.as_slice(), &device).unwrap();
         Self {
             w,
             b,
@@ -132,7 +133,7 @@ pub fn inputs(n: usize, d: usize, lo: f32, hi: f32, seed: u64) -> (Tensor, Vec<V
         .map(|_| (0..d).map(|_| rng.random_range(lo..hi)).collect())
         .collect();
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    (Tensor::from_vec(flat, (n, d), &Device::Cpu).unwrap(), rows)
+    (host::from_vec(flat, (n, d), &Device::Cpu).unwrap(), rows)
 }
 
 pub fn rows_of(t: &Tensor) -> Vec<Vec<f32>> {
@@ -140,7 +141,7 @@ pub fn rows_of(t: &Tensor) -> Vec<Vec<f32>> {
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap()
-        .to_vec2::<f32>()
+        .host_vec2::<f32>()
         .unwrap()
 }
 

@@ -426,6 +426,7 @@ pub fn run(spec: &RunSpec, charts_have_text: bool) -> Result<Figure3Run> {
                 positive.len(),
                 sizes.batch_size,
                 &mut |xs, ys| {
+                    clf.begin_unit();
                     let c = Criterion::misclassification(ys.to_vec());
                     let pgd = Pgd::new(pgd_cfg.clone())?;
                     let outs = with_eot(clf, sizes.eot_samples, |m| {

@@ -313,6 +313,7 @@ pub fn run(spec: &RunSpec) -> Result<PathBuf> {
                 "model": column.settings,
             });
             let mut run_batch = |xs: &Tensor, ys: &[u32]| -> Result<BatchResult> {
+                clf.begin_unit();
                 if !is_boundary {
                     return if stochastic {
                         let eot = Eot::new(clf, sizes.eot_samples)?;

@@ -67,6 +67,15 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
     let mut checkpoint_files = Vec::new();
     let mut stochastic = Vec::new();
     let mut extras = crate::ledger::Extras::new();
+    if spec.train_only {
+        // The training stage of a sharded run: every model obtained (trained where needed,
+        // under the checkpoint directory's lock), nothing evaluated.
+        for &mk in &MODEL_KINDS {
+            let obtained = exp.obtain(mk)?;
+            tracing::info!(model = mk.name(), checkpoint = %obtained.checkpoint.path.display(), "ready");
+        }
+        return Ok(spec.checkpoints.clone());
+    }
     for (m_idx, &mk) in MODEL_KINDS.iter().enumerate() {
         let obtained = exp.obtain(mk)?;
         let column = exp.column(m_idx, mk.name(), obtained, &sizes, None)?;
@@ -77,6 +86,10 @@ pub fn run(kind: DatasetKind, spec: &RunSpec) -> Result<PathBuf> {
         let runs = exp.table_protocol_checked(&column, &sizes, &mut outcomes)?;
         extras.insert(column.name.clone(), runs);
         exp.certified_bounds(&column, &sizes)?;
+    }
+    if spec.shard.is_some() {
+        // A shard's results are its journals; `--merge` renders the table from all of them.
+        return exp.finish_shard();
     }
     add_all_row(&mut outcomes, Norm::Linf, &names)?;
     add_all_row(&mut outcomes, Norm::L2, &names)?;

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::needless_range_loop)]
 
 use candle_core::{Device, Result, Tensor};
+use eabs_core::host::{self, HostRead};
 use eabs_inference::LatentClassModel;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -78,7 +79,7 @@ impl LinearModel {
 
     fn a_t(&self, class: usize) -> Result<Tensor> {
         let a: Vec<f32> = self.a[class].iter().map(|&v| v as f32).collect();
-        Tensor::from_vec(a, (self.p, self.d), &self.device)?.t()
+        host::from_vec(a, (self.p, self.d), &self.device)?.t()
     }
 
     /// `G_k(z)` in f64.
@@ -168,7 +169,7 @@ impl LatentClassModel for LinearModel {
     fn decode(&self, class: usize, z: &Tensor) -> Result<Tensor> {
         let n = z.dim(0)?;
         let b: Vec<f32> = self.b[class].iter().map(|&v| v as f32).collect();
-        let b = Tensor::from_vec(b, (1, self.p), &self.device)?;
+        let b = host::from_vec(b, (1, self.p), &self.device)?;
         z.matmul(&self.a_t(class)?)?
             .broadcast_add(&b)?
             .reshape((n, 1, 1, self.p))
@@ -187,13 +188,13 @@ impl LatentClassModel for LinearModel {
         let rows = x
             .reshape((n, self.p))?
             .to_dtype(candle_core::DType::F64)?
-            .to_vec2::<f64>()?;
+            .host_vec2::<f64>()?;
         let mean: Vec<f32> = rows
             .iter()
             .flat_map(|r| enc(class, r))
             .map(|v| v as f32)
             .collect();
-        let mean = Tensor::from_vec(mean, (n, self.d), &self.device)?;
+        let mean = host::from_vec(mean, (n, self.d), &self.device)?;
         let lv = (mean.ones_like()? * self.enc_lv)?;
         Ok(Some((mean, lv)))
     }
@@ -238,7 +239,7 @@ pub fn images(
     }
     let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
     (
-        Tensor::from_vec(flat, (n, 1, 1, model.p), &model.device).unwrap(),
+        host::from_vec(flat, (n, 1, 1, model.p), &model.device).unwrap(),
         rows,
         labels,
     )
@@ -248,6 +249,6 @@ pub fn images(
 pub fn rows(t: &Tensor) -> Vec<Vec<f64>> {
     t.to_dtype(candle_core::DType::F64)
         .unwrap()
-        .to_vec2::<f64>()
+        .host_vec2::<f64>()
         .unwrap()
 }

@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
+use eabs_core::host;
 use eabs_models::config::ConvSpec;
 use eabs_models::{ArchConfig, DatasetKind, ModelConfig, ModelKind, TensorData, TrainConfig};
 use rand::{Rng, SeedableRng};
@@ -53,7 +54,7 @@ pub fn synthetic(n: usize, seed: u64, name: &str) -> TensorData {
             }
         }
     }
-    let images = Tensor::from_vec(data, (n, 1, 8, 8), &Device::Cpu).unwrap();
+    let images = host::from_vec(data, (n, 1, 8, 8), &Device::Cpu).unwrap();
     TensorData::new(images, labels, name).unwrap()
 }
 
