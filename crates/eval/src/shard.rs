@@ -361,4 +361,198 @@ mod tests {
         }
         assert_eq!(s.dir_name(), "shard-1-of-4");
     }
+
+    const COUNT: usize = 3;
+    const N: usize = 8;
+    const REL: &str = "E-ABS/l2-pgd.jsonl";
+
+    fn expect() -> ShardManifest {
+        ShardManifest {
+            target: "table2".into(),
+            preset: "smoke".into(),
+            seed: 0,
+            n_samples: N,
+            shard: Shard::new(0, 1).unwrap(),
+            commit: "test".into(),
+            finished_unix: 0,
+            journals: BTreeMap::new(),
+        }
+    }
+
+    fn record(sample: usize) -> SampleRecord {
+        SampleRecord {
+            sample,
+            test_index: 100 + sample,
+            label: (sample % 10) as u32,
+            robust: vec![sample.is_multiple_of(2)],
+            distance: vec![0.25 * sample as f64],
+        }
+    }
+
+    fn settings(digest: &str) -> serde_json::Value {
+        serde_json::json!({ "checkpoint_sha256": digest, "epsilons": [1.5] })
+    }
+
+    /// Writes shard `index`'s journal (samples `samples`, settings `digest`) and, when
+    /// `finish`, its manifest.
+    fn write_shard(out: &Path, index: usize, samples: &[usize], digest: &str, finish: bool) {
+        let shard = Shard::new(index, COUNT).unwrap();
+        let root = shard.dir(out).join("journal").join("seed0");
+        let path = root.join(REL);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        crate::write_json(&path.with_extension("settings.json"), &settings(digest)).unwrap();
+        if path.exists() {
+            std::fs::remove_file(&path).unwrap();
+        }
+        let mut journal = Journal::<SampleRecord>::open(&path).unwrap();
+        let records: Vec<SampleRecord> = samples.iter().map(|&s| record(s)).collect();
+        journal.append(&records).unwrap();
+        if finish {
+            let manifest = ShardManifest { shard, ..expect() };
+            // `write_manifest` itself refuses a foreign sample: bypass it for those cases.
+            if samples.iter().all(|&s| shard.owns(s)) {
+                write_manifest(&shard.dir(out), &root, manifest).unwrap();
+            } else {
+                let mut manifest = manifest;
+                manifest.journals.insert(REL.into(), samples.len());
+                crate::write_json(&shard.dir(out).join(MANIFEST), &manifest).unwrap();
+            }
+        }
+    }
+
+    fn owned(index: usize) -> Vec<usize> {
+        (0..N).filter(|s| s % COUNT == index).collect()
+    }
+
+    fn gather_into(out: &Path) -> Result<GatherSummary> {
+        let journal_root = out.join("journal").join("seed0");
+        gather(out, &journal_root, &expect(), COUNT)
+    }
+
+    fn error_of(out: &Path) -> String {
+        format!("{:#}", gather_into(out).expect_err("the merge must refuse"))
+    }
+
+    fn complete(out: &Path) {
+        for i in 0..COUNT {
+            write_shard(out, i, &owned(i), "abc", true);
+        }
+    }
+
+    #[test]
+    fn gather_merges_each_sample_once_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        complete(dir.path());
+        let summary = gather_into(dir.path()).unwrap();
+        assert_eq!(
+            (summary.written, summary.unchanged, summary.records),
+            (1, 0, N)
+        );
+        let merged =
+            Journal::<SampleRecord>::open(&dir.path().join("journal/seed0").join(REL)).unwrap();
+        let got: Vec<SampleRecord> = merged.records().cloned().collect();
+        assert_eq!(got, (0..N).map(record).collect::<Vec<_>>());
+        // A second merge finds the same journal and writes nothing.
+        let again = gather_into(dir.path()).unwrap();
+        assert_eq!((again.written, again.unchanged), (0, 1));
+    }
+
+    #[test]
+    fn gather_refuses_a_missing_or_unfinished_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        write_shard(dir.path(), 0, &owned(0), "abc", true);
+        write_shard(dir.path(), 1, &owned(1)[..1], "abc", false);
+        let e = error_of(dir.path());
+        assert!(e.contains("shard 1/3 has not finished"), "{e}");
+        assert!(e.contains("interrupted"), "{e}");
+        write_shard(dir.path(), 1, &owned(1), "abc", true);
+        let e = error_of(dir.path());
+        assert!(e.contains("shard 2/3 has not finished"), "{e}");
+        assert!(e.contains("never ran"), "{e}");
+    }
+
+    #[test]
+    fn gather_refuses_shards_with_other_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        write_shard(dir.path(), 0, &owned(0), "abc", true);
+        write_shard(dir.path(), 1, &owned(1), "def", true);
+        write_shard(dir.path(), 2, &owned(2), "abc", true);
+        let e = error_of(dir.path());
+        assert!(e.contains("shard 1/3 ran other settings"), "{e}");
+        assert!(e.contains("checkpoint_sha256"), "{e}");
+        assert!(!dir.path().join("journal/seed0").join(REL).exists());
+    }
+
+    #[test]
+    fn gather_refuses_a_manifest_of_another_run() {
+        let dir = tempfile::tempdir().unwrap();
+        complete(dir.path());
+        let path = Shard::new(2, COUNT).unwrap().dir(dir.path()).join(MANIFEST);
+        let mut m: ShardManifest = read_json(&path).unwrap();
+        m.n_samples = 2 * N;
+        crate::write_json(&path, &m).unwrap();
+        let e = error_of(dir.path());
+        assert!(e.contains("16 samples") && e.contains("8 samples"), "{e}");
+    }
+
+    #[test]
+    fn gather_refuses_a_foreign_or_missing_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        complete(dir.path());
+        // Shard 1 also holds sample 3, shard 0's.
+        let mut samples = owned(1);
+        samples.push(3);
+        write_shard(dir.path(), 1, &samples, "abc", true);
+        let e = error_of(dir.path());
+        assert!(
+            e.contains("holds sample 3, which belongs to shard 0/3"),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        complete(dir.path());
+        // Shard 1's journal grew after its manifest was written.
+        let path = Shard::new(1, COUNT)
+            .unwrap()
+            .dir(dir.path())
+            .join("journal/seed0")
+            .join(REL);
+        let mut extra = owned(1);
+        extra.push(N + 2);
+        std::fs::remove_file(&path).unwrap();
+        let mut journal = Journal::<SampleRecord>::open(&path).unwrap();
+        journal
+            .append(&extra.iter().map(|&s| record(s)).collect::<Vec<_>>())
+            .unwrap();
+        let e = error_of(dir.path());
+        assert!(e.contains("changed after the shard finished"), "{e}");
+
+        // A finished shard without one of its samples below the others' extent.
+        let dir = tempfile::tempdir().unwrap();
+        complete(dir.path());
+        write_shard(dir.path(), 2, &owned(2)[1..], "abc", true);
+        let e = error_of(dir.path());
+        assert!(e.contains("no shard holds sample 2"), "{e}");
+    }
+
+    #[test]
+    fn gather_refuses_another_split_and_a_different_existing_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        complete(dir.path());
+        std::fs::create_dir_all(dir.path().join(SHARDS_DIR).join("shard-0-of-2")).unwrap();
+        let e = error_of(dir.path());
+        assert!(e.contains("shard-0-of-2, a shard of another split"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        complete(dir.path());
+        let dest = dir.path().join("journal/seed0").join(REL);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        crate::write_json(&dest.with_extension("settings.json"), &settings("abc")).unwrap();
+        let mut held = Journal::<SampleRecord>::open(&dest).unwrap();
+        let mut other = record(0);
+        other.robust = vec![!other.robust[0]];
+        held.append(&[other]).unwrap();
+        let e = error_of(dir.path());
+        assert!(e.contains("already holds a journal that differs"), "{e}");
+    }
 }

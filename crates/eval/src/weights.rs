@@ -50,6 +50,14 @@ pub struct Release {
     /// the preset's label, and the checkpoints' own metadata keeps the original).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained_as: Option<String>,
+    /// Epochs done by the longer run this release is the start of, when it is one. The
+    /// learning-rate schedule, the data order and every draw depend on the epoch index only (a
+    /// run may be extended), so the first `train_config.epochs` epochs of a longer run of the
+    /// same configuration *are* the preset's run; when its best epoch lies within them, its
+    /// `best.safetensors` is the preset's best checkpoint. Such a release holds the first
+    /// epochs' metrics and no optimiser state (the longer run's is of a later epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_of_epochs: Option<usize>,
     /// Commit the release was made at.
     pub commit: String,
     /// When (Unix seconds).
@@ -180,7 +188,11 @@ pub fn released_best(
 /// Releases every model of `kinds` found in the checkpoint tree at `checkpoints` into
 /// `weights` (copying its files, unless the two trees are the same) and writes its manifest.
 /// Unfinished trainings are released too (marked by `epochs_done`): they are what a long run
-/// resumes from, but `reproduce` uses only finished ones.
+/// resumes from, but `reproduce` uses only finished ones. A run is released as the preset's
+/// when its configuration is the preset's up to the label (`trained_as`), or when it is a
+/// longer run of the preset's configuration that has done the preset's epochs with its best
+/// epoch among them (`prefix_of_epochs`; released into another tree only, as its metrics are
+/// cut to the preset's epochs and its optimiser state left out).
 pub fn release(
     checkpoints: &Path,
     weights: &Path,
@@ -195,90 +207,161 @@ pub fn release(
     let commit = git_revision(Path::new("."));
     let mut out = Vec::new();
     for &kind in kinds {
-        let src = src_root.join(kind.name());
+        let (src, dst) = (src_root.join(kind.name()), dst_root.join(kind.name()));
         if !src.join("last.safetensors").is_file() {
             continue;
         }
-        let dst = dst_root.join(kind.name());
-        std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
-        let same = std::fs::canonicalize(&src)? == std::fs::canonicalize(&dst)?;
-        let ckpt = eabs_models::Checkpoint::read(
-            &src.join("last.safetensors"),
-            &candle_core::Device::Cpu,
-        )?;
-        let state: TrainState =
-            serde_json::from_str(ckpt.meta(eabs_models::checkpoint::KEY_TRAIN_STATE)?)
-                .with_context(|| {
-                    format!(
-                        "{}: bad train_state metadata",
-                        src.join("last.safetensors").display()
-                    )
-                })?;
-        // A custom run of exactly the preset's configuration is the preset's run: released
-        // under the preset's label, with the label it ran under recorded. Anything else keeps
-        // its own configuration (and `reproduce` will not use it for this preset).
         let expected = crate::preset::train_config(preset, family, kind, seed);
-        let mut config = state.config.clone();
-        let mut trained_as = None;
-        if config.preset != expected.preset
-            && (TrainConfig {
-                preset: expected.preset.clone(),
-                ..config.clone()
-            }) == expected
-        {
-            trained_as = Some(std::mem::replace(
-                &mut config.preset,
-                expected.preset.clone(),
-            ));
-        }
-        let drop_last = optimizer == OptimizerState::DropWhenFinished
-            && state.epochs_done >= state.config.epochs;
-        let files: Vec<&str> = RELEASE_FILES
-            .into_iter()
-            .filter(|&f| !(drop_last && f == "last.safetensors"))
-            .collect();
-        if !same {
-            for name in &files {
-                let (from, to) = (src.join(name), dst.join(name));
-                let bytes =
-                    std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
-                crate::provenance::write_atomic(&to, &bytes)?;
-            }
-        }
-        if trained_as.is_some() {
-            crate::write_json(&dst.join("train_config.json"), &config)?;
-        }
-        let metrics = eabs_models::train::read_metrics_file(&dst.join("metrics.jsonl"))?;
-        let mut sha256 = BTreeMap::new();
-        for name in &files {
-            sha256.insert(name.to_string(), sha256_file(&dst.join(name))?);
-        }
-        let r = Release {
-            model: kind.name().into(),
-            family,
-            preset,
-            seed,
-            train_config: config,
-            epochs_done: state.epochs_done,
-            best_epoch: state.best_epoch,
-            best_val_accuracy: state.best_val_accuracy,
-            selected_by: state.selected_by.clone(),
-            train_seconds: metrics.iter().map(|m| m.seconds).sum(),
-            sha256,
-            trained_as,
-            commit: commit.clone(),
-            released_at: unix_time(),
-        };
-        crate::write_json(&dst.join(MANIFEST), &r)?;
-        let stale = dst.join("last.safetensors");
-        if drop_last && stale.is_file() {
-            // After the manifest, so an interruption never leaves a release without either.
-            std::fs::remove_file(&stale)
-                .with_context(|| format!("removing {}", stale.display()))?;
-        }
+        let r = release_model(
+            &src,
+            &dst,
+            (family, preset, seed, kind),
+            &expected,
+            optimizer,
+            &commit,
+        )?;
         out.push((dst, r));
     }
     Ok(out)
+}
+
+/// Releases the model directory `src` into `dst` as the run of `expected` when it is one (see
+/// [`release`] and [`Release::prefix_of_epochs`]), else under its own configuration.
+fn release_model(
+    src: &Path,
+    dst: &Path,
+    (family, preset, seed, kind): (DatasetKind, Preset, u64, ModelKind),
+    expected: &TrainConfig,
+    optimizer: OptimizerState,
+    commit: &str,
+) -> Result<Release> {
+    std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let same = std::fs::canonicalize(src)? == std::fs::canonicalize(dst)?;
+    let ckpt =
+        eabs_models::Checkpoint::read(&src.join("last.safetensors"), &candle_core::Device::Cpu)?;
+    let state: TrainState = serde_json::from_str(
+        ckpt.meta(eabs_models::checkpoint::KEY_TRAIN_STATE)?,
+    )
+    .with_context(|| {
+        format!(
+            "{}: bad train_state metadata",
+            src.join("last.safetensors").display()
+        )
+    })?;
+    // A custom run of exactly the preset's configuration is the preset's run: released
+    // under the preset's label, with the label it ran under recorded. Anything else keeps
+    // its own configuration (and `reproduce` will not use it for this preset).
+    let mut config = state.config.clone();
+    let mut trained_as = None;
+    let mut epochs_done = state.epochs_done;
+    let mut prefix_of_epochs = None;
+    let same_but = |epochs: usize| {
+        (TrainConfig {
+            preset: expected.preset.clone(),
+            epochs,
+            ..config.clone()
+        }) == *expected
+    };
+    if config.epochs > expected.epochs && same_but(expected.epochs) {
+        // A longer run of the preset's protocol: its start is the preset's run, usable
+        // only if the best checkpoint it kept lies within that start.
+        let within = state.best_epoch.is_some_and(|b| b <= expected.epochs);
+        if state.epochs_done < expected.epochs || !within {
+            bail!(
+                "{}: a {}-epoch run of the preset's protocol ({} done, best epoch {:?}) is \
+                 the preset's {}-epoch run only once it has done {} epochs and its best \
+                 epoch lies within them",
+                src.display(),
+                config.epochs,
+                state.epochs_done,
+                state.best_epoch,
+                expected.epochs,
+                expected.epochs
+            );
+        }
+        if same {
+            bail!(
+                "{}: releasing a longer run as the preset's shortens its record (metrics, \
+                 optimiser state): release it into another tree",
+                src.display()
+            );
+        }
+        trained_as = Some(config.preset.clone());
+        prefix_of_epochs = Some(state.epochs_done);
+        epochs_done = expected.epochs;
+        config = expected.clone();
+    } else if config.preset != expected.preset && same_but(config.epochs) {
+        trained_as = Some(std::mem::replace(
+            &mut config.preset,
+            expected.preset.clone(),
+        ));
+    }
+    let drop_last = prefix_of_epochs.is_some()
+        || (optimizer == OptimizerState::DropWhenFinished
+            && state.epochs_done >= state.config.epochs);
+    let files: Vec<&str> = RELEASE_FILES
+        .into_iter()
+        .filter(|&f| !(drop_last && f == "last.safetensors"))
+        .collect();
+    if !same {
+        for name in &files {
+            let (from, to) = (src.join(name), dst.join(name));
+            let bytes =
+                std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+            crate::provenance::write_atomic(&to, &bytes)?;
+        }
+    }
+    if trained_as.is_some() {
+        crate::write_json(&dst.join("train_config.json"), &config)?;
+    }
+    if prefix_of_epochs.is_some() {
+        // The metrics of the preset's epochs only (one line per epoch, in order).
+        let path = dst.join("metrics.jsonl");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(epochs_done)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        crate::provenance::write_atomic(&path, kept.as_bytes())?;
+    }
+    let metrics = eabs_models::train::read_metrics_file(&dst.join("metrics.jsonl"))?;
+    if prefix_of_epochs.is_some() && metrics.iter().map(|m| m.epoch).ne(1..=epochs_done) {
+        bail!(
+            "{}: its metrics do not hold epochs 1..={epochs_done} in order",
+            src.join("metrics.jsonl").display()
+        );
+    }
+    let mut sha256 = BTreeMap::new();
+    for name in &files {
+        sha256.insert(name.to_string(), sha256_file(&dst.join(name))?);
+    }
+    let r = Release {
+        model: kind.name().into(),
+        family,
+        preset,
+        seed,
+        train_config: config,
+        epochs_done,
+        best_epoch: state.best_epoch,
+        best_val_accuracy: state.best_val_accuracy,
+        selected_by: state.selected_by.clone(),
+        train_seconds: metrics.iter().map(|m| m.seconds).sum(),
+        sha256,
+        trained_as,
+        prefix_of_epochs,
+        commit: commit.to_string(),
+        released_at: unix_time(),
+    };
+    crate::write_json(&dst.join(MANIFEST), &r)?;
+    let stale = dst.join("last.safetensors");
+    if drop_last && stale.is_file() {
+        // After the manifest, so an interruption never leaves a release without either.
+        std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+    }
+    Ok(r)
 }
 
 /// Every `release.json` below `root`, verified: `(directory, manifest)`.
@@ -463,6 +546,84 @@ mod tests {
             released_best(&root, kind, &preset_cfg)?,
             Some(dir.join("best.safetensors"))
         );
+        Ok(())
+    }
+
+    /// [`release_model`] of one model of the smoke tree under `ckpts` into `weights`, judged
+    /// against `expected`.
+    fn release_as(
+        ckpts: &Path,
+        weights: &Path,
+        family: DatasetKind,
+        preset: Preset,
+        seed: u64,
+        kind: ModelKind,
+        expected: &TrainConfig,
+    ) -> Result<Release> {
+        let src = checkpoint_root(ckpts, family, preset, seed).join(kind.name());
+        let dst = checkpoint_root(weights, family, preset, seed).join(kind.name());
+        release_model(
+            &src,
+            &dst,
+            (family, preset, seed, kind),
+            expected,
+            OptimizerState::Keep,
+            "test",
+        )
+    }
+
+    #[test]
+    fn the_start_of_a_longer_run_is_released_as_the_presets_run() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let (family, kind) = (DatasetKind::FashionMnist, ModelKind::Cnn);
+        // A learning rate so small that validation never improves: the best epoch is the first.
+        let preset_cfg = TrainConfig {
+            lr: 1e-12,
+            ..crate::preset::train_config(Preset::Smoke, family, kind, 0)
+        };
+        let longer = TrainConfig {
+            preset: "smoke+custom".into(),
+            epochs: preset_cfg.epochs + 2,
+            ..preset_cfg.clone()
+        };
+        let (a, w) = (tmp.path().join("a"), tmp.path().join("w"));
+        train_tiny(&a, &longer)?;
+        let src = checkpoint_root(&a, family, Preset::Smoke, 0).join(kind.name());
+        let run = |to: &Path| {
+            // `release` compares with the preset's configuration: give it this test's.
+            release_as(&a, to, family, Preset::Smoke, 0, kind, &preset_cfg)
+        };
+        // In place it would shorten the longer run's record: refused.
+        let err = format!("{:#}", run(&a).unwrap_err());
+        assert!(err.contains("another tree"), "{err}");
+        let r = run(&w)?;
+        let dst = checkpoint_root(&w, family, Preset::Smoke, 0).join(kind.name());
+        assert_eq!(r.train_config, preset_cfg);
+        assert_eq!(r.epochs_done, preset_cfg.epochs);
+        assert_eq!(r.prefix_of_epochs, Some(longer.epochs));
+        assert_eq!(r.trained_as.as_deref(), Some("smoke+custom"));
+        assert_eq!(r.best_epoch, Some(1));
+        assert!(!dst.join("last.safetensors").exists());
+        let metrics = eabs_models::train::read_metrics_file(&dst.join("metrics.jsonl"))?;
+        assert_eq!(metrics.len(), preset_cfg.epochs);
+        assert_eq!(
+            std::fs::read(dst.join("best.safetensors"))?,
+            std::fs::read(src.join("best.safetensors"))?
+        );
+        r.verify(&dst)?;
+        let root = checkpoint_root(&w, family, Preset::Smoke, 0);
+        assert_eq!(
+            released_best(&root, kind, &preset_cfg)?,
+            Some(dst.join("best.safetensors"))
+        );
+        // A longer run of another protocol stays itself.
+        let other = TrainConfig {
+            batch_size: 4,
+            ..preset_cfg.clone()
+        };
+        let w2 = tmp.path().join("w2");
+        let r = release_as(&a, &w2, family, Preset::Smoke, 0, kind, &other)?;
+        assert_eq!((r.train_config, r.prefix_of_epochs), (longer, None));
         Ok(())
     }
 }

@@ -315,11 +315,15 @@ impl TrainConfig {
     /// - the plain CNN, 20 epochs (16,880 updates, ~8 minutes on one core) with lr halved
     ///   every 8: Fashion-MNIST 89.7% and MNIST 99.0% on the 10,000 test images, against 87.5%
     ///   and 98.2% for 40 epochs on 10,000 images;
-    /// - on MNIST, the models with an adversarial autoencoder, 15 epochs (12,660 updates: the
-    ///   80 epochs' budget) with lr halved every 3 (every ~2,500 updates, as above): E-ABS
-    ///   97.8% on 1,000 test images against 96.5% at the same number of updates on 10,000
-    ///   images. On Fashion-MNIST the 10,000-image protocol stays until the same comparison
-    ///   has been run there (3 hours of training).
+    /// - on MNIST, the models with an adversarial autoencoder, 20 epochs (16,880 updates) with
+    ///   lr halved every 9: E-ABS 98.1% on 1,000 test images, where 15 epochs halved every 3
+    ///   (12,660 updates, the 80 epochs' budget) gave 97.8% and the same updates on 10,000
+    ///   images 96.5%. Measured on a 45-epoch run of this schedule: its real-classifier
+    ///   validation peaked at epoch 19 (99.3% of 300) and no later epoch improved on it, so the
+    ///   preset stops at 20 and the release is that run's start (`weights/README.md`). The
+    ///   gain over 15 epochs is not significant (McNemar p = 0.61 on the 1,000 paired
+    ///   outcomes). On Fashion-MNIST the whole split did not help (84.9% against 83.8%,
+    ///   p = 0.375), so the 10,000-image protocol stays there.
     pub fn quick(family: impl Into<DatasetKind>, kind: ModelKind) -> Self {
         let p = Self::paper(family, kind);
         let adversarial = p.adversarial.is_some();
@@ -347,8 +351,8 @@ impl TrainConfig {
                 ..base
             },
             _ if aae && base.family == DatasetKind::Mnist => Self {
-                epochs: 15,
-                lr_halve_every: Some(3),
+                epochs: 20,
+                lr_halve_every: Some(9),
                 max_train_samples: None,
                 ..base
             },
