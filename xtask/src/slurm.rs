@@ -9,39 +9,32 @@
 //! where it stopped, and the merge refuses until every shard has finished.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
+
+use crate::reproduce::Target;
 use std::path::{Path, PathBuf};
 
-/// Which table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SlurmTarget {
-    /// MNIST.
-    Table1,
-    /// Fashion-MNIST.
-    Table2,
-    /// SuperTraffic-10.
-    Table3,
-    /// SVHN.
-    Table4,
-}
-
-impl SlurmTarget {
-    fn name(self) -> &'static str {
-        match self {
-            SlurmTarget::Table1 => "table1",
-            SlurmTarget::Table2 => "table2",
-            SlurmTarget::Table3 => "table3",
-            SlurmTarget::Table4 => "table4",
-        }
-    }
+/// The name of a table target (`table1` ... `table4`): the only targets that shard (their
+/// evaluation is per (model, row, sample)); anything else is refused.
+fn table_name(target: Target) -> Result<&'static str> {
+    Ok(match target {
+        Target::Table1 => "table1",
+        Target::Table2 => "table2",
+        Target::Table3 => "table3",
+        Target::Table4 => "table4",
+        other => bail!(
+            "cargo xtask slurm: {other:?} is not sharded; only table1..table4 are (run the \
+             others with `cargo xtask reproduce`)"
+        ),
+    })
 }
 
 /// Arguments of `cargo xtask slurm`.
 #[derive(Debug, Clone, Args)]
 pub struct SlurmArgs {
-    /// The table.
+    /// The table (`table1` ... `table4`; `reproduce`'s target names).
     #[arg(value_enum)]
-    pub target: SlurmTarget,
+    pub target: Target,
     /// Preset of the run.
     #[arg(long, default_value = "paper")]
     pub preset: eabs_eval::Preset,
@@ -100,6 +93,7 @@ pub struct SlurmArgs {
 }
 
 /// The job scripts: file name and content.
+#[derive(Debug)]
 pub struct Scripts {
     /// `(file name, content)`, the submit script last.
     pub files: Vec<(String, String)>,
@@ -130,7 +124,7 @@ pub fn render(args: &SlurmArgs, cwd: &Path, binary: &Path, scripts: &Path) -> Re
     if args.shards == 0 {
         bail!("--shards N: at least 1");
     }
-    let t = args.target.name();
+    let t = table_name(args.target)?;
     let preset = args.preset.as_str();
     let device = if args.gpus_per_task > 0 {
         "cuda"
@@ -226,6 +220,7 @@ pub fn render(args: &SlurmArgs, cwd: &Path, binary: &Path, scripts: &Path) -> Re
 /// Runs `cargo xtask slurm`.
 pub fn run(args: &SlurmArgs) -> Result<()> {
     let cwd = std::env::current_dir().context("reading the working directory")?;
+    let table = table_name(args.target)?;
     let binary = match &args.binary {
         Some(b) => absolute(b, &cwd),
         None => std::env::current_exe().context("locating the xtask binary")?,
@@ -234,7 +229,7 @@ pub fn run(args: &SlurmArgs) -> Result<()> {
         &args.scripts.clone().unwrap_or_else(|| {
             args.out
                 .join("slurm")
-                .join(format!("{}-{}", args.target.name(), args.preset.as_str()))
+                .join(format!("{table}-{}", args.preset.as_str()))
         }),
         &cwd,
     );
@@ -283,6 +278,17 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: SlurmArgs,
+    }
+
+    #[test]
+    fn only_tables_shard() -> Result<()> {
+        let cli = Cli::try_parse_from(["slurm", "table5", "--shards", "2"])?;
+        let err = render(&cli.args, Path::new("/r"), Path::new("/x"), Path::new("/s"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only table1..table4"), "{err}");
+        assert!(Cli::try_parse_from(["slurm", "table9", "--shards", "2"]).is_err());
+        Ok(())
     }
 
     #[test]
