@@ -12,11 +12,11 @@ use clap::{Args, ValueEnum};
 use eabs_attacks::Norm;
 use eabs_datasets::{load, Split};
 use eabs_eval::experiment::attack_fingerprint;
-use eabs_eval::preset::{train_config, EvalSizes};
+use eabs_eval::preset::EvalSizes;
 use eabs_eval::provenance::{git_revision, unix_time, Hardware, Timer};
 use eabs_eval::suite::{clean_row, row_config, run_row_at, Epsilon};
 use eabs_eval::targets::table::column_of;
-use eabs_eval::zoo::{default_inference, to_evaluated, CheckpointId};
+use eabs_eval::zoo::{default_inference, to_evaluated, trained_with, CheckpointId};
 use eabs_eval::{evaluate, select_subset, AttackKind, AttackRow};
 use eabs_inference::LatentInference;
 use eabs_models::Model;
@@ -240,6 +240,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     // The checkpoint must hold the model and dataset asked for (its metadata says which), and
     // the journal is bound to its content, not its path.
     let checkpoint = CheckpointId::of(&ckpt)?;
+    let trained_with = trained_with(&ckpt)?;
     let model = Model::load_as(&ckpt, a.dataset, a.model, &device)
         .with_context(|| format!("loading {}", ckpt.display()))?;
     let mode = args.inference.map(|i| match i {
@@ -310,7 +311,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let mut s = serde_json::json!({
             "checkpoint_sha256": checkpoint.sha256,
             "test_data_sha256": test_sha256,
-            "train": train_config(a.preset, a.dataset, a.model, a.seed),
+            // What the weights were trained with (null when no `train_config.json` lies
+            // beside them), not the preset's configuration.
+            "train": trained_with,
             "inference": inference,
             "inference_seed": inference_seed,
             "row": row.map_or("clean".to_string(), |r| r.key()),

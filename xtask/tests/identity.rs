@@ -111,6 +111,63 @@ fn eval_results_are_bound_to_the_checkpoints_content() {
     assert!(!ok && text.contains("NaN or infinite"), "{text}");
 }
 
+/// `eval --json` records the training the weights had (the trainer's `train_config.json`
+/// beside the checkpoint), null where none is known, never the preset's configuration; a
+/// damaged configuration file is an error that names it.
+#[test]
+fn eval_records_the_checkpoints_training_not_the_presets() {
+    let Some((dir, out, ckpt)) = cnn_fixture("best.safetensors") else {
+        return;
+    };
+    let settings_train = |json: &Path| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(json).expect("reading eval's --json")).unwrap();
+        v["settings"]["train"].clone()
+    };
+    // A bare checkpoint: the training is unknown, and the result says so.
+    let json = dir.path().join("bare.json");
+    let mut cmd = eval(&out, &ckpt, &["--model", "cnn", "--json"]);
+    let (ok, text) = run(cmd.arg(&json));
+    assert!(ok, "{text}");
+    assert_eq!(settings_train(&json), serde_json::Value::Null);
+    // Beside a custom run's configuration (not the smoke preset's: 3 epochs, every image).
+    let custom = eabs_models::TrainConfig {
+        preset: "smoke+custom".into(),
+        epochs: 3,
+        max_train_samples: None,
+        ..eabs_eval::preset::train_config(
+            eabs_eval::Preset::Smoke,
+            DatasetKind::FashionMnist,
+            ModelKind::Cnn,
+            0,
+        )
+    };
+    std::fs::write(
+        dir.path().join("train_config.json"),
+        serde_json::to_vec_pretty(&custom).unwrap(),
+    )
+    .unwrap();
+    let json = dir.path().join("custom.json");
+    let fresh = dir.path().join("results-custom");
+    let mut cmd = eval(&fresh, &ckpt, &["--model", "cnn", "--json"]);
+    let (ok, text) = run(cmd.arg(&json));
+    assert!(ok, "{text}");
+    assert_eq!(
+        settings_train(&json),
+        serde_json::to_value(&custom).unwrap()
+    );
+    // The journal of the bare run was bound to "training unknown": reusing it is refused.
+    let (ok, text) = run(&mut eval(&out, &ckpt, &["--model", "cnn"]));
+    assert!(!ok && text.contains("train: was null"), "{text}");
+    // A damaged configuration: refused, naming the file.
+    std::fs::write(dir.path().join("train_config.json"), b"{\"epochs\": ").unwrap();
+    let (ok, text) = run(&mut eval(&fresh, &ckpt, &["--model", "cnn"]));
+    assert!(
+        !ok && text.contains("train_config.json") && text.contains("not a training configuration"),
+        "{text}"
+    );
+}
+
 #[test]
 fn eval_refuses_a_checkpoint_of_another_kind_or_dataset() {
     if !have_fashion_mnist() {

@@ -112,6 +112,31 @@ impl CheckpointId {
     }
 }
 
+/// The training configuration `checkpoint` was trained with: the `train_config.json` that
+/// [`Trainer`] (and a release) writes beside its checkpoints, or `None` where there is none (a
+/// checkpoint copied out of its folder). A checkpoint's own metadata holds its architecture,
+/// not its training, so a result that names the training must take it from here, never from a
+/// preset the checkpoint may not have been trained under (`eval --checkpoint` of a custom run
+/// recorded the preset's epochs and sample counts before 2026-12-07).
+pub fn trained_with(checkpoint: &Path) -> Result<Option<eabs_models::TrainConfig>> {
+    let file = checkpoint
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("train_config.json");
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let config = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{}: not a training configuration (the `train_config.json` the trainer writes beside {})",
+            file.display(),
+            checkpoint.display()
+        )
+    })?;
+    Ok(Some(config))
+}
+
 /// A model and the checkpoint it was loaded from.
 #[derive(Debug, Clone)]
 pub struct Obtained {
