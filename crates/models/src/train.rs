@@ -303,8 +303,9 @@ impl TrainConfig {
     /// keep Madry et al.'s total path ([`AdvTrainConfig::with_steps`]).
     ///
     /// Models with an adversarial autoencoder (E-ABS, A-ABS) train 80 epochs (12,560 updates)
-    /// on the same schedule where no better protocol was measured (SVHN, SuperTraffic-10): their accuracy is limited by how well the encoder's aggregate
-    /// latent distribution matches the prior (inference starts from prior samples), and at
+    /// on the same schedule where no better protocol was measured (SVHN, SuperTraffic-10):
+    /// their accuracy is limited by how well the encoder's aggregate latent distribution
+    /// matches the prior (inference starts from prior samples), and at
     /// epoch 40 that matching was still improving (discriminator loss 1.03 against its
     /// equilibrium 1.39, real accuracy still rising; `results/training-protocol/README.md`).
     /// The schedule depends on the epoch index only, so the first 40 epochs are those of a
@@ -323,8 +324,8 @@ impl TrainConfig {
     ///   where it was stopped, improved on it. Fashion-MNIST: 27 epochs (22,788 updates, three
     ///   lr stages), E-ABS 87.9% on 1,000 test images against 86.0% at 20 epochs (McNemar
     ///   p = 0.009, 34 against 15 discordant pairs) and 84.0% for 80 epochs on 10,000 images
-    ///   (p < 0.001); its validation (300 images) peaked at epoch 19 (84.0%) in the first two
-    ///   stages and at epoch 27 (84.7%) in the third. The releases are the starts of those
+    ///   (p < 0.001); its validation (300 images) reached 84.0% at epoch 19, the third
+    ///   stage's first, and 84.7% at epoch 27, its last. The releases are the starts of those
     ///   45-epoch runs (`weights/README.md`, `results/training-protocol/README.md`).
     pub fn quick(family: impl Into<DatasetKind>, kind: ModelKind) -> Self {
         let p = Self::paper(family, kind);
