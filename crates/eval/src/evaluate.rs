@@ -79,6 +79,18 @@ pub fn evaluate(
         Coverage::All,
         attack,
     )
+    .map(|j| j.records)
+}
+
+/// The records of an evaluation, and whether its journal was started over because its inputs
+/// changed ([`ResumePolicy::RestartChanged`]): the time earlier invocations spent on the
+/// stage then measured work that is gone ([`crate::provenance::Timer::stage_restartable`]).
+#[derive(Debug, Clone)]
+pub struct Journaled {
+    /// One record per evaluated sample.
+    pub records: Vec<SampleRecord>,
+    /// The journal was discarded and begun again by this call.
+    pub started_over: bool,
 }
 
 /// [`evaluate`] of the samples `coverage` names. With [`Coverage::Shard`] it returns the
@@ -96,7 +108,7 @@ pub fn evaluate_covering(
     device: &Device,
     coverage: Coverage,
     attack: &mut dyn FnMut(&Tensor, &[u32]) -> Result<BatchResult>,
-) -> Result<Vec<SampleRecord>> {
+) -> Result<Journaled> {
     if coverage == Coverage::JournaledOnly && !settings_path(journal_path).exists() {
         bail!(
             "{label}: no journal {} to render from: no shard ran this row (were the shards run \
@@ -104,7 +116,7 @@ pub fn evaluate_covering(
             journal_path.display()
         );
     }
-    check_settings(journal_path, settings, resume)?;
+    let started_over = check_settings(journal_path, settings, resume)?;
     let mut journal = Journal::<SampleRecord>::open(journal_path)?;
     for r in journal.records() {
         if r.sample >= subset.len() || subset[r.sample] != r.test_index || r.robust.len() != n_eps {
@@ -169,11 +181,14 @@ pub fn evaluate_covering(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    Ok(journal
-        .records()
-        .filter(|r| r.sample < subset.len() && owned(r.sample))
-        .cloned()
-        .collect())
+    Ok(Journaled {
+        records: journal
+            .records()
+            .filter(|r| r.sample < subset.len() && owned(r.sample))
+            .cloned()
+            .collect(),
+        started_over,
+    })
 }
 
 /// What [`evaluate`] does with a journal whose saved inputs differ from this evaluation's.
@@ -196,11 +211,12 @@ fn settings_path(journal_path: &Path) -> std::path::PathBuf {
 /// A journal may only be resumed by the evaluation that wrote it: the model's training
 /// configuration, the attack and its settings are saved beside it when it is created and must
 /// match on every later run. Otherwise results of two configurations would mix silently.
+/// Returns whether the journal was started over.
 fn check_settings(
     journal_path: &Path,
     settings: &serde_json::Value,
     resume: ResumePolicy,
-) -> Result<()> {
+) -> Result<bool> {
     let meta = settings_path(journal_path);
     let started = journal_path
         .metadata()
@@ -227,7 +243,7 @@ fn check_settings(
                     }
                 }
                 crate::write_json(&meta, settings)?;
-                return Ok(());
+                return Ok(true);
             }
             bail!(
                 "journal {} was written by an evaluation with other inputs: {} (saved in {}); \
@@ -247,7 +263,7 @@ fn check_settings(
     } else {
         crate::write_json(&meta, settings)?;
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Where `new` differs from `old`, as `path: was X, now Y` (leaves of objects; arrays and
@@ -352,9 +368,14 @@ mod tests {
         assert_eq!(changed.len(), 1);
         assert!(changed[0].starts_with("model: was absent"), "{changed:?}");
         // With --restart-changed the stage starts over under the new settings.
-        check_settings(&journal, &b, ResumePolicy::RestartChanged)?;
+        assert!(
+            check_settings(&journal, &b, ResumePolicy::RestartChanged)?,
+            "a journal started over says so (the stage's earlier times are dropped)"
+        );
         assert!(!journal.exists(), "the old journal must be gone");
-        check_settings(&journal, &b, ResumePolicy::Refuse)?; // the new settings now resume
+        // The new settings now resume, and resuming is not starting over.
+        assert!(!check_settings(&journal, &b, ResumePolicy::Refuse)?);
+        assert!(!check_settings(&journal, &b, ResumePolicy::RestartChanged)?);
         std::fs::write(&journal, "{}\n")?;
         std::fs::remove_file(settings_path(&journal))?;
         assert!(

@@ -425,12 +425,19 @@ impl<'r> Experiment<'r> {
         let n = n.min(self.subset.len());
         let (test, subset, device) = (&self.test, &self.subset[..n], &self.device);
         let coverage = self.run.coverage();
-        let records = self.timer.stage(label, || {
-            evaluate_covering(
-                &journal, settings, resume, label, test, subset, n_eps, batch_size, device,
-                coverage, attack,
-            )
-        })?;
+        let records = self
+            .timer
+            .stage_restartable(
+                label,
+                || {
+                    evaluate_covering(
+                        &journal, settings, resume, label, test, subset, n_eps, batch_size, device,
+                        coverage, attack,
+                    )
+                },
+                |j| j.started_over,
+            )?
+            .records;
         Ok(match coverage {
             // A shard returns full-length results so that the targets' bookkeeping runs as
             // unsharded; the other shards' samples read as not robust. A shard renders

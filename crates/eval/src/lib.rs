@@ -49,7 +49,8 @@ pub mod zoo;
 pub use eabs_attacks::Norm;
 pub use eabs_datasets::DatasetKind;
 pub use evaluate::{
-    evaluate, evaluate_covering, select_subset, BatchResult, Coverage, ResumePolicy, SampleRecord,
+    evaluate, evaluate_covering, select_subset, BatchResult, Coverage, Journaled, ResumePolicy,
+    SampleRecord,
 };
 pub use experiment::{Experiment, ModelColumn};
 pub use preset::{EvalSizes, Preset};

@@ -115,6 +115,11 @@ pub struct Stage {
     /// Unix time at which the stage finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_unix: Option<u64>,
+    /// This invocation started the stage over (its inputs had changed, `--restart-changed`),
+    /// so the times earlier invocations logged for it measured discarded work and were
+    /// dropped ([`Timer::stage_restartable`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub started_over: bool,
 }
 
 /// A stage as logged on disk: numbered so that the journal machinery can check the log.
@@ -202,7 +207,10 @@ impl Timer {
     pub fn resumable(path: &Path, commit: &str) -> Result<Self> {
         let journal = Journal::<LoggedStage>::open(path)
             .with_context(|| format!("opening the stage log {}", path.display()))?;
-        let stages = journal.records().map(|l| l.stage.clone()).collect();
+        let mut stages = Vec::new();
+        for logged in journal.records() {
+            push_stage(&mut stages, logged.stage.clone());
+        }
         Ok(Self {
             stages,
             log: Some((journal, commit.to_string())),
@@ -211,6 +219,22 @@ impl Timer {
 
     /// Runs `f` as stage `name` and records its wall time.
     pub fn stage<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.stage_restartable(name, f, |_| false)
+    }
+
+    /// [`Timer::stage`] for a stage that may start its work over (a journal whose inputs
+    /// changed): when `started_over` says so of `f`'s result, the times earlier invocations
+    /// logged for `name` are dropped, here and whenever the log is read again, so the stage's
+    /// time is that of the work its result holds. (A run interrupted inside the restarted
+    /// stage logs nothing for it, and the invocation that finishes it resumes the new journal
+    /// without knowing of the restart, so there the earlier times stay; the report's per-stage
+    /// line names every commit that worked on the stage either way.)
+    pub fn stage_restartable<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> Result<T>,
+        started_over: impl FnOnce(&T) -> bool,
+    ) -> Result<T> {
         let t0 = Instant::now();
         let out = f().with_context(|| format!("stage '{name}'"))?;
         let mut stage = Stage {
@@ -218,6 +242,7 @@ impl Timer {
             seconds: t0.elapsed().as_secs_f64(),
             commit: None,
             finished_unix: Some(unix_time()),
+            started_over: started_over(&out),
         };
         if let Some((journal, commit)) = &mut self.log {
             stage.commit = Some(commit.clone());
@@ -226,7 +251,7 @@ impl Timer {
                 stage: stage.clone(),
             }])?;
         }
-        self.stages.push(stage);
+        push_stage(&mut self.stages, stage);
         Ok(out)
     }
 
@@ -234,6 +259,14 @@ impl Timer {
     pub fn into_stages(self) -> Vec<Stage> {
         self.stages
     }
+}
+
+/// Appends `stage`, first dropping the earlier stages of its name when it started over.
+fn push_stage(stages: &mut Vec<Stage>, stage: Stage) {
+    if stage.started_over {
+        stages.retain(|s| s.name != stage.name);
+    }
+    stages.push(stage);
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
@@ -325,6 +358,48 @@ mod tests {
         assert_eq!(commits, ["aaa", "bbb"]);
         // A third invocation sees both.
         assert_eq!(Timer::resumable(&log, "ccc")?.into_stages(), stages);
+        Ok(())
+    }
+
+    /// A stage started over (its journal's inputs changed) keeps only the time of the
+    /// invocation that did the work its result holds, in memory and when the log is reread;
+    /// the other stages keep every invocation's time.
+    #[test]
+    fn a_stage_started_over_drops_earlier_invocations_times() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("stages.jsonl");
+        {
+            let mut t = Timer::resumable(&log, "aaa")?;
+            t.stage("E-ABS clean", || Ok(()))?;
+            t.stage("E-ABS linf pgd", || Ok(()))?;
+        }
+        let mut t = Timer::resumable(&log, "bbb")?;
+        t.stage_restartable("E-ABS clean", || Ok(true), |&over| over)?;
+        t.stage_restartable("E-ABS linf pgd", || Ok(false), |&over| over)?;
+        let stages = t.into_stages();
+        let seen: Vec<_> = stages
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.commit.as_deref().unwrap(),
+                    s.started_over,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("E-ABS linf pgd", "aaa", false),
+                ("E-ABS clean", "bbb", true),
+                ("E-ABS linf pgd", "bbb", false),
+            ]
+        );
+        assert_eq!(Timer::resumable(&log, "ccc")?.into_stages(), stages);
+        // Results written before the field existed read as not started over.
+        let old: Stage = serde_json::from_str(r#"{"name": "x", "seconds": 1.0}"#)?;
+        assert!(!old.started_over);
+        assert!(!serde_json::to_string(&old)?.contains("started_over"));
         Ok(())
     }
 

@@ -567,6 +567,7 @@ pub(crate) mod tests {
                 seconds: 1.0,
                 commit: Some("abc".into()),
                 finished_unix: Some(1),
+                started_over: false,
             }],
             command: "cargo xtask reproduce table2".into(),
         };

@@ -501,6 +501,7 @@ pub fn synthetic() -> Result<(ExamplesReport, Tensor, Tensor)> {
                 seconds: 1.0,
                 commit: Some("abc".into()),
                 finished_unix: Some(1),
+                started_over: false,
             }],
             command: "cargo xtask reproduce fig4".into(),
         },

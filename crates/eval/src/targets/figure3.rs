@@ -640,6 +640,7 @@ pub fn synthetic() -> Result<(Figure3Report, Figure3Outcomes)> {
             seconds: 1.0,
             commit: Some("abc".into()),
             finished_unix: Some(1),
+            started_over: false,
         }],
         command: "cargo xtask reproduce fig3".into(),
     };
