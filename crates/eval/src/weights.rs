@@ -70,7 +70,7 @@ pub const RELEASE_FILES: [&str; 4] = [
     "best.safetensors",
     "last.safetensors",
     "metrics.jsonl",
-    "train_config.json",
+    eabs_models::train::TRAIN_CONFIG_FILE,
 ];
 
 /// What a release does with the optimiser state (`last.safetensors`, two thirds of a release's
@@ -312,7 +312,7 @@ fn release_model(
         }
     }
     if trained_as.is_some() {
-        crate::write_json(&dst.join("train_config.json"), &config)?;
+        crate::write_json(&dst.join(eabs_models::train::TRAIN_CONFIG_FILE), &config)?;
     }
     if prefix_of_epochs.is_some() {
         // The metrics of the preset's epochs only (one line per epoch, in order).

@@ -122,7 +122,7 @@ pub fn trained_with(checkpoint: &Path) -> Result<Option<eabs_models::TrainConfig
     let file = checkpoint
         .parent()
         .unwrap_or_else(|| Path::new("."))
-        .join("train_config.json");
+        .join(eabs_models::train::TRAIN_CONFIG_FILE);
     if !file.is_file() {
         return Ok(None);
     }

@@ -12,7 +12,7 @@
 //! - `last.safetensors`: model + optimiser state + `train_state` metadata, rewritten every epoch.
 //! - `best.safetensors`: model with the best validation accuracy so far.
 //! - `metrics.jsonl`: one JSON object per epoch ([`EpochMetrics`]), rewritten atomically.
-//! - `train_config.json`: the [`TrainConfig`].
+//! - `train_config.json` ([`TRAIN_CONFIG_FILE`]): the [`TrainConfig`].
 
 use eabs_core::host::{self, HostRead};
 use std::collections::HashMap;
@@ -35,6 +35,10 @@ use crate::loss::cross_entropy;
 use crate::model::Model;
 use crate::params::{derive_rng, derive_seed, Stream};
 use eabs_core::adam::Adam;
+
+/// The file beside a run's checkpoints that holds its [`TrainConfig`]: what a result that
+/// names the weights' training reads (`eabs_eval::zoo::trained_with`).
+pub const TRAIN_CONFIG_FILE: &str = "train_config.json";
 
 /// A labelled image set the trainer can draw batches from.
 ///
@@ -654,7 +658,7 @@ impl Trainer {
         self.check_data(model, val)?;
         let device = model.store().device().clone();
         std::fs::create_dir_all(&self.out_dir).map_err(|e| Error::io(&self.out_dir, e))?;
-        let cfg_path = self.out_dir.join("train_config.json");
+        let cfg_path = self.out_dir.join(TRAIN_CONFIG_FILE);
         let cfg_json =
             serde_json::to_string_pretty(cfg).map_err(|e| Error::InvalidConfig(e.to_string()))?;
         write_atomic(&cfg_path, cfg_json.as_bytes())?;
